@@ -1,0 +1,82 @@
+"""Lazy, validated loading of anomaly maps and ground-truth masks, one image at a time.
+
+A map is a 2-D array or a path to ``.npy`` / ``.tif`` / ``.tiff``; a mask is a 2-D array,
+a path to ``.png`` / ``.npy`` / ``.tif`` / ``.tiff`` (binarised ``> 0``), or ``None`` for a
+good image without a mask file (all zeros).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+MapSource = Union[np.ndarray, str, os.PathLike]
+MaskSource = Union[np.ndarray, str, os.PathLike, None]
+
+
+def _read(source: str | os.PathLike, kinds: tuple[str, ...]) -> np.ndarray:
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix not in kinds:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(kinds)})")
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in (".tif", ".tiff"):
+        return tifffile.imread(path)
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def load_map(source: MapSource, index: int) -> np.ndarray:
+    """One anomaly map as ``[H, W]`` float32 (float16/32 input) or float64 (anything else).
+
+    Raises ValueError naming ``index`` if it is not 2-D or holds NaN/inf: that is a bug
+    upstream, not an undefined metric.
+    """
+    values = _read(source, (".npy", ".tif", ".tiff")) if isinstance(source, (str, os.PathLike)) else np.asarray(source)
+    # float32 holds float16 exactly and halves the memory of float64; wider inputs stay exact.
+    values = values.astype(np.float32 if values.dtype in (np.float16, np.float32) else np.float64, copy=False)
+    if values.ndim != 2 or not values.size:
+        raise ValueError(f"anomaly map {index} must be a non-empty 2-D [H, W] array, got shape {values.shape}")
+    # min/max propagate NaN and expose +-inf, at a fraction of the cost of isfinite().all()
+    if not (np.isfinite(values.min()) and np.isfinite(values.max())):
+        raise ValueError(f"anomaly map {index} contains NaN or infinite values")
+    return values
+
+
+def load_mask(source: MaskSource, shape: tuple[int, ...], index: int) -> np.ndarray:
+    """The ground truth of image ``index`` as ``[H, W]`` bool (``> 0``), checked against the map's ``shape``."""
+    if source is None:
+        return np.zeros(shape, bool)
+    values = (_read(source, (".png", ".npy", ".tif", ".tiff")) if isinstance(source, (str, os.PathLike))
+              else np.asarray(source))
+    if values.shape != tuple(shape):
+        raise ValueError(f"image {index}: anomaly map shape {tuple(shape)} does not match mask shape {values.shape}")
+    return values > 0
+
+
+def iter_maps(anomaly_maps: Sequence[MapSource]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, map)`` for each map, loading one at a time."""
+    for index, source in enumerate(anomaly_maps):
+        yield index, load_map(source, index)
+
+
+def iter_pairs(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource]
+               ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(index, map, mask)`` for each test image, loading one pair at a time."""
+    check_lengths(anomaly_maps=anomaly_maps, gt_masks=gt_masks)
+    for index, values in iter_maps(anomaly_maps):
+        yield index, values, load_mask(gt_masks[index], values.shape, index)
+
+
+def check_lengths(**sequences: Sequence) -> int:
+    """The common length of ``sequences``; ValueError naming every length if they differ."""
+    lengths = {name: len(values) for name, values in sequences.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError("one entry per test image is needed, got " + ", ".join(f"{n}={v}" for n, v in lengths.items()))
+    return next(iter(lengths.values()))

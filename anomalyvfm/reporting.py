@@ -1,0 +1,166 @@
+"""Text, CSV and JSON reports of a run: ``performance_summary.txt``, ``results.csv``, ``metrics.json``.
+
+Input everywhere is ``{category: metrics}``, each metrics dict as produced by the pipeline::
+
+    {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1": float (NaN = undefined),
+     "by_lighting": {group: {"image_auroc", "au_pro_0.05": float, "n_good", "n_bad": int}},
+     "n_train", "n_test_good", "n_test_bad": int, "seconds": float}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalyvfm.model_io import write_json_atomic, write_text_atomic
+
+METRIC_COLUMNS = ("image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1")
+COUNT_COLUMNS = ("n_train", "n_test_good", "n_test_bad")
+LIGHTING_METRICS = ("image_auroc", "au_pro_0.05")
+LIGHTING_COUNTS = ("n_good", "n_bad")
+LIGHTING_ORDER = ("regular", "overexposed", "underexposed", "shift")  # MVTec AD 2's order; others follow
+CSV_COLUMNS = ("category", *METRIC_COLUMNS, *COUNT_COLUMNS, "seconds")
+
+# (label, config key) of the summary's "Run" section, in display order.
+RUN_FIELDS = (("Backbone", "BACKBONE"), ("Image size", "IMAGE_SIZE"), ("Feature layers", "FEATURE_LAYERS"),
+              ("LoRA rank", "LORA_RANK"), ("LoRA alpha", "LORA_ALPHA"), ("Epochs", "EPOCHS"),
+              ("Learning rate", "LEARNING_RATE"), ("Synthetic samples", "SYNTHETIC_SAMPLES"), ("Scorer", "SCORER"),
+              ("Seed", "SEED"), ("Device", "DEVICE"), ("Data root", "DATA_ROOT"))
+SUMMARY_COLUMNS = ("Category", "Img AUROC", "Img AP", "ClassF1", "AU-PRO@0.05", "AU-PRO@0.30", "SegF1",
+                   "train", "good", "bad", "seconds")
+HOW_TO_READ = (
+    "AU-PRO@0.05 is the official headline metric of MVTec AD 2: area under the PRO curve up to 5% FPR, normalised,"
+    " computed on anomaly maps at the original image size over all test_public images.",
+    "SegF1 is the pixel F1 at the threshold mean + 3·std of the anomaly values of validation/good images.",
+    "ClassF1 is the image F1 at the threshold mean + 3·std of the validation image scores.",
+    "n/a means undefined, e.g. no defective images in that group (AUROC and AU-PRO need good and bad images).",
+    "Mean averages over categories, ignoring n/a; train, good, bad and seconds are totals.",
+)
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean ignoring NaN; NaN (without numpy's empty-slice warning) when nothing is defined."""
+    finite = [float(v) for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def lighting_groups(categories: dict[str, dict]) -> list[str]:
+    """Lighting groups present in any category, in MVTec AD 2's order (unknown groups last, as first seen)."""
+    seen = dict.fromkeys(group for metrics in categories.values() for group in metrics.get("by_lighting", {}))
+    return [g for g in LIGHTING_ORDER if g in seen] + [g for g in seen if g not in LIGHTING_ORDER]
+
+
+def mean_metrics(categories: dict[str, dict]) -> dict:
+    """The "Mean" entry: metrics averaged over categories (NaN ignored), counts and seconds summed.
+
+    Same keys as a category's metrics; a lighting group is averaged over the categories that have it.
+    """
+    values = list(categories.values())
+    mean: dict[str, Any] = {name: _nanmean([m[name] for m in values]) for name in METRIC_COLUMNS}
+    mean["by_lighting"] = {}
+    for group in lighting_groups(categories):
+        entries = [m["by_lighting"][group] for m in values if group in m.get("by_lighting", {})]
+        mean["by_lighting"][group] = ({name: _nanmean([e[name] for e in entries]) for name in LIGHTING_METRICS}
+                                      | {name: int(sum(e[name] for e in entries)) for name in LIGHTING_COUNTS})
+    mean |= {name: int(sum(m[name] for m in values)) for name in COUNT_COLUMNS}
+    mean["seconds"] = float(sum(m["seconds"] for m in values))
+    return mean
+
+
+def metrics_document(categories: dict[str, dict], config: dict) -> dict:
+    """``{"categories": {name: metrics} (sorted by name), "mean": mean_metrics(...), "config": config}``."""
+    return {"categories": {name: categories[name] for name in sorted(categories)},
+            "mean": mean_metrics(categories), "config": config}
+
+
+def write_metrics_json(path: Path, categories: dict[str, dict], config: dict) -> None:
+    """Strict JSON (NaN written as null) of ``metrics_document``."""
+    write_json_atomic(path, metrics_document(categories, config))
+
+
+def _csv_cell(name: str, value: float) -> str:
+    if name in COUNT_COLUMNS:
+        return str(int(value))
+    if math.isnan(value):
+        return ""
+    return f"{value:.1f}" if name == "seconds" else f"{value:.4f}"
+
+
+def write_results_csv(path: Path, categories: dict[str, dict]) -> None:
+    """One row per category (sorted by name) and a final "Mean" row; NaN is an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    rows = [(name, categories[name]) for name in sorted(categories)] + [("Mean", mean_metrics(categories))]
+    for name, metrics in rows:
+        writer.writerow([name] + [_csv_cell(column, metrics[column]) for column in CSV_COLUMNS[1:]])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _number(value: float, decimals: int = 4) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> list[str]:
+    """Monospace table: first column left-aligned, the rest right-aligned; a rule above the last (Mean) row."""
+    widths = [max(len(row[i]) for row in [list(header), *rows]) for i in range(len(header))]
+
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]
+
+
+def _section(title: str, items: list[str]) -> list[str]:
+    return ["", title, *(f"  - {item}".replace("\n", "\n    ") for item in items or ["none"])]
+
+
+def format_summary(categories: dict[str, dict], *, config: dict, warnings: list[str],
+                   skipped_files: list[tuple[str, str]], code_version: str, started: str, finished: str,
+                   title: str = "AnomalyVFM v1.1 performance summary") -> str:
+    """The plain-text ``performance_summary.txt``: run settings, result tables, reading notes, warnings."""
+    heading = f"{title} | {finished} | code {code_version}"
+    lines = [heading, "=" * len(heading), "", "Run"]
+    present = [(label, config[key]) for label, key in RUN_FIELDS if key in config]
+    width = max([len("Started")] + [len(label) for label, _ in present])
+    lines += [f"  {label.ljust(width)}  {_setting(value)}" for label, value in present]
+    lines += [f"  {'Started'.ljust(width)}  {started}", f"  {'Finished'.ljust(width)}  {finished}"]
+
+    rows = [(name, categories[name]) for name in sorted(categories)] + [("Mean", mean_metrics(categories))]
+    lines += ["", "Results on test_public", ""]
+    lines += _table(SUMMARY_COLUMNS, [
+        [name, *(_number(m[c]) for c in METRIC_COLUMNS), *(str(m[c]) for c in COUNT_COLUMNS), _number(m["seconds"], 1)]
+        for name, m in rows])
+
+    lines += ["", "By lighting (image AUROC and AU-PRO@0.05 per lighting group of test_public)", ""]
+    groups = lighting_groups(categories)
+    if groups:
+        header = ["Category", *(f"{g} {label}" for g in groups for label in ("AUROC", "AU-PRO"))]
+        na = {"image_auroc": math.nan, "au_pro_0.05": math.nan}
+        lines += _table(header, [
+            [name, *(_number(m.get("by_lighting", {}).get(g, na)[key]) for g in groups for key in LIGHTING_METRICS)]
+            for name, m in rows])
+    else:
+        lines.append("  no lighting groups in the data")
+
+    lines += _section("How to read", list(HOW_TO_READ))
+    lines += _section("Warnings", list(warnings))
+    lines += _section("Skipped files", [f"{path} — {reason}" for path, reason in skipped_files])
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(path: Path, text: str) -> None:
+    """Write the summary text (UTF-8) atomically."""
+    write_text_atomic(path, text)

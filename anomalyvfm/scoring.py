@@ -1,0 +1,154 @@
+"""Scoring normal-vs-anomalous: Gaussian (Mahalanobis) or nearest-neighbour distances,
+anomaly maps at the original image size, and the image score.
+
+Anomaly map: patch distances ``[gh, gw]`` -> bilinear to the network input size ->
+Gaussian blur (sigma ``MAP_SIGMA`` input pixels) -> bilinear to the original ``[H, W]``.
+
+Image score: the mean of two z-scores, each standardised with the validation (normal)
+images' statistics: the CLS token's distance, and the mean of the top 1 % patch
+distances. The first sees global changes (wrong object, lighting), the second small
+local defects; standardising puts them on one scale before averaging.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import ledoit_wolf
+
+MAP_SIGMA = 4.0
+TOP_PATCH_FRACTION = 0.01
+MAX_FIT_TOKENS = 60_000  # Gaussian fit on a seeded subsample: the covariance is stable long before this
+CHUNK = 16_384
+
+
+class GaussianScorer:
+    """Mahalanobis distance to a Gaussian with Ledoit-Wolf shrinkage of the covariance.
+
+    The shrunk covariance is always positive definite, so its inverse exists even when
+    there are fewer normal samples than dimensions.
+    """
+
+    kind = "mahalanobis"
+
+    def __init__(self, mean: torch.Tensor, precision: torch.Tensor) -> None:
+        self.mean, self.precision = mean.float(), precision.float()
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, seed: int = 0) -> "GaussianScorer":
+        """features: ``[N, d]`` normal embeddings."""
+        sample = _subsample(features, MAX_FIT_TOKENS, seed).double().numpy()
+        covariance, _ = ledoit_wolf(sample, assume_centered=False)
+        precision = np.linalg.inv(covariance)
+        return cls(torch.from_numpy(sample.mean(0)), torch.from_numpy((precision + precision.T) / 2))
+
+    def distances(self, features: torch.Tensor) -> torch.Tensor:
+        """``[M, d]`` -> ``[M]`` Mahalanobis distances (square root of the quadratic form)."""
+        out = []
+        for part in features.split(CHUNK):
+            centred = part.float() - self.mean
+            out.append(((centred @ self.precision) * centred).sum(-1).clamp_min(0).sqrt())
+        return torch.cat(out) if out else features.new_zeros(0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "precision": self.precision}
+
+
+class NearestNeighbourScorer:
+    """L2 distance to the nearest normal embedding in a memory bank (as AnomalyDINO).
+
+    ``bank_size > 0`` keeps a seeded random subsample of that many embeddings.
+    """
+
+    kind = "knn"
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        self.bank = bank.float()
+        self._bank_sq = (self.bank ** 2).sum(-1)
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, bank_size: int = 0, seed: int = 0) -> "NearestNeighbourScorer":
+        return cls(_subsample(features, bank_size, seed) if bank_size else features)
+
+    def distances(self, features: torch.Tensor) -> torch.Tensor:
+        """``[M, d]`` -> ``[M]``, chunked matrix products (never an [M, N] matrix at once)."""
+        out = []
+        for part in features.split(1024):
+            part = part.float()
+            best = torch.full((len(part),), float("inf"))
+            for bank, bank_sq in zip(self.bank.split(CHUNK), self._bank_sq.split(CHUNK)):
+                squared = (part ** 2).sum(-1, keepdim=True) - 2 * part @ bank.T + bank_sq
+                best = torch.minimum(best, squared.min(-1).values)
+            out.append(best.clamp_min(0).sqrt())
+        return torch.cat(out) if out else features.new_zeros(0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank}
+
+
+Scorer = GaussianScorer | NearestNeighbourScorer
+
+
+def fit_scorer(kind: str, features: torch.Tensor, *, bank_size: int, seed: int) -> Scorer:
+    if kind == "mahalanobis":
+        return GaussianScorer.fit(features, seed)
+    return NearestNeighbourScorer.fit(features, bank_size, seed)
+
+
+def scorer_from_state(kind: str, state: dict[str, torch.Tensor]) -> Scorer:
+    return GaussianScorer(state["mean"], state["precision"]) if kind == "mahalanobis" else NearestNeighbourScorer(state["bank"])
+
+
+def _subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    if len(features) <= limit:
+        return features
+    generator = torch.Generator().manual_seed(seed)
+    return features[torch.randperm(len(features), generator=generator)[:limit].sort().values]
+
+
+def top_patch_score(patch_scores: torch.Tensor) -> float:
+    """Mean of the top ``TOP_PATCH_FRACTION`` of an image's patch distances ``[gh, gw]``."""
+    flat = patch_scores.flatten()
+    count = max(1, int(round(TOP_PATCH_FRACTION * flat.numel())))
+    return float(flat.topk(count).values.mean())
+
+
+def anomaly_map(patch_scores: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:
+    """Patch distances ``[gh, gw]`` -> float32 anomaly map ``[H, W]`` at the original size."""
+    grid = patch_scores.float()[None, None]
+    smooth = _gaussian_blur(F.interpolate(grid, size=input_size, mode="bilinear", align_corners=False), MAP_SIGMA)
+    return F.interpolate(smooth, size=original_size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = int(3 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = F.pad(image, (radius, radius, 0, 0), mode="replicate")
+    image = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    padded = F.pad(image, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(padded, kernel.view(1, 1, -1, 1))
+
+
+class ScoreFusion:
+    """Image score = mean of z-scores of the CLS distance and the top-patch distance."""
+
+    def __init__(self, cls_mean: float, cls_std: float, patch_mean: float, patch_std: float) -> None:
+        self.cls_mean, self.cls_std = cls_mean, max(cls_std, 1e-12)
+        self.patch_mean, self.patch_std = patch_mean, max(patch_std, 1e-12)
+
+    @classmethod
+    def fit(cls, cls_distances: np.ndarray, top_patch_scores: np.ndarray) -> "ScoreFusion":
+        """Statistics of normal (validation) images: ``[N]`` each."""
+        return cls(float(np.mean(cls_distances)), float(np.std(cls_distances)),
+                   float(np.mean(top_patch_scores)), float(np.std(top_patch_scores)))
+
+    def __call__(self, cls_distances: np.ndarray, top_patch_scores: np.ndarray) -> np.ndarray:
+        return 0.5 * ((np.asarray(cls_distances) - self.cls_mean) / self.cls_std
+                      + (np.asarray(top_patch_scores) - self.patch_mean) / self.patch_std)
+
+    def state(self) -> dict[str, float]:
+        return {"cls_mean": self.cls_mean, "cls_std": self.cls_std,
+                "patch_mean": self.patch_mean, "patch_std": self.patch_std}

@@ -1,0 +1,184 @@
+"""The pipeline end to end on generated data with a tiny random DINOv2: every output file,
+reruns that keep earlier results, prediction, export, evaluation from saved maps."""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+import anomaly_vfm_v11_lora as script
+import dataset_ad2
+from anomalyvfm import model_io
+from anomalyvfm.pipeline import CategoryModel, PipelineError, run
+
+METRIC_KEYS = {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "by_lighting",
+               "n_train", "n_test_good", "n_test_bad", "seconds"}
+PLOTS = ("roc_curves.png", "anomaly_scores.png", "sample_detections.png", "feature_analysis.png", "pro_curves.png")
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_root, tiny_backbone, tmp_path_factory):
+    """One full run on two demo categories, shared by the tests below (they only read it)."""
+    config = tiny_config(demo_root, tmp_path_factory.mktemp("run") / "results")
+    start = time.perf_counter()
+    metrics = run(config, backbone=tiny_backbone, progress=False)
+    return config, metrics, time.perf_counter() - start
+
+
+def tiny_config(demo_root: Path, results_dir: Path, **changes):
+    settings = dict(DATA_ROOT=str(demo_root), CATEGORIES=dataset_ad2.list_categories(demo_root)[:2], IMAGE_SIZE=56,
+                    FEATURE_LAYERS=[2], RESULTS_DIR=str(results_dir), DEVICE="cpu", NUM_WORKERS=0)
+    return script.default_config().replace(**(settings | changes))
+
+
+def _scores(path: Path) -> dict[str, float]:
+    with open(path, newline="") as handle:
+        return {row["relative_path"]: float(row["image_score"]) for row in csv.DictReader(handle)}
+
+
+def test_run_writes_every_output_and_they_parse(finished_run):
+    config, metrics, seconds = finished_run
+    results = Path(config.RESULTS_DIR)
+    assert seconds < 60, f"end-to-end run on generated data took {seconds:.1f} s"
+    document = json.loads((results / "metrics.json").read_text())
+    assert set(document) == {"categories", "mean", "config"}
+    assert set(document["categories"]) == set(config.CATEGORIES)
+    for category, values in document["categories"].items():
+        assert set(values) == METRIC_KEYS
+        assert values["n_test_bad"] > 0 and values["n_test_good"] > 0 and values["n_train"] > 0
+        assert 0.0 <= values["image_auroc"] <= 1.0 and 0.0 <= values["au_pro_0.05"] <= 1.0
+        assert values["image_auroc"] == pytest.approx(metrics[category]["image_auroc"])
+    assert document["config"]["IMAGE_SIZE"] == 56
+    with open(results / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["category"] for row in rows] == sorted(config.CATEGORIES) + ["Mean"]
+    mean_auroc = np.mean([metrics[c]["image_auroc"] for c in config.CATEGORIES])
+    assert float(rows[-1]["image_auroc"]) == pytest.approx(mean_auroc, abs=1e-4)
+    summary = (results / "performance_summary.txt").read_text()
+    assert all(category in summary for category in config.CATEGORIES) and "Mean" in summary
+    assert json.loads((results / "config.json").read_text())["CATEGORIES"] == config.CATEGORIES
+    for name in PLOTS:
+        with Image.open(results / name) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_maps_have_the_original_size_and_the_model_files_are_safe(finished_run):
+    config = finished_run[0]
+    category = config.CATEGORIES[0]
+    data = dataset_ad2.load_category(config.DATA_ROOT, category)
+    folder = Path(config.RESULTS_DIR) / category
+    for sample in data.test_public:
+        saved = tifffile.imread(folder / "maps" / Path(sample.relative_path).with_suffix(".tiff"))
+        assert saved.dtype == np.float16 and saved.shape == dataset_ad2.image_size(sample.path)
+    model_files = sorted(p.name for p in (folder / "model").iterdir())
+    assert model_files == ["model.json", "scale_56.safetensors"]
+    model = CategoryModel.load(folder / "model")
+    assert model.scales[0].heads.rank == 16 and np.isfinite(model.pixel_threshold)
+
+
+def test_trained_heads_detect_demo_defects(finished_run):
+    _, metrics, _ = finished_run
+    # Even a tiny random backbone separates the demo's clearly visible defects.
+    assert np.mean([m["image_auroc"] for m in metrics.values()]) > 0.7
+
+
+def test_same_seed_gives_identical_scores(finished_run, tiny_backbone, tmp_path):
+    config = finished_run[0]
+    again = config.replace(RESULTS_DIR=str(tmp_path / "again"), CATEGORIES=config.CATEGORIES[:1])
+    run(again, backbone=tiny_backbone, progress=False)
+    category = config.CATEGORIES[0]
+    assert _scores(tmp_path / "again" / category / "scores.csv") == _scores(
+        Path(config.RESULTS_DIR) / category / "scores.csv")
+
+
+def test_rerun_keeps_earlier_results_and_skips_finished_categories(demo_root, tiny_backbone, tmp_path):
+    config = tiny_config(demo_root, tmp_path / "results", CATEGORIES=dataset_ad2.list_categories(demo_root)[:1],
+                         SYNTHETIC_SAMPLES=9, EPOCHS=1)
+    run(config, backbone=tiny_backbone, progress=False)
+    results = tmp_path / "results"
+    category = config.CATEGORIES[0]
+    first_summary = (results / "performance_summary.txt").read_text()
+    fit_record = (results / category / "fit.json").read_text()
+
+    run(config, backbone=tiny_backbone, progress=False)  # same settings: category reused, reports archived
+    assert (results / category / "fit.json").read_text() == fit_record
+    archived = list((results / "history").glob("*/performance_summary.txt"))
+    assert [p.read_text() for p in archived] == [first_summary]
+
+    time.sleep(1.1)  # history folders are named by the second
+    run(config.replace(FORCE=True), backbone=tiny_backbone, progress=False)
+    assert len(list((results / "history").glob(f"*/{category}/scores.csv"))) == 1
+    assert len(list((results / "history").glob("*/performance_summary.txt"))) == 2
+
+
+def test_evaluate_only_recomputes_the_same_metrics_from_saved_maps(finished_run, tmp_path):
+    config, metrics, _ = finished_run
+    # Without any backbone: a run that needed one would fail to load "facebook/dinov2-base" offline.
+    recomputed = run(config.replace(EVALUATE_ONLY=True), progress=False)
+    for category in config.CATEGORIES:
+        for key in ("image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1"):
+            assert recomputed[category][key] == pytest.approx(metrics[category][key], nan_ok=True)
+
+
+def test_predict_reproduces_the_scores_of_the_full_run(finished_run, tiny_backbone):
+    config = finished_run[0]
+    category = config.CATEGORIES[0]
+    root = dataset_ad2.category_root(config.DATA_ROOT, category)
+    run(config.replace(CATEGORIES=[category], PREDICT=str(root / "test_public" / "bad")), backbone=tiny_backbone,
+        progress=False)
+    out = max((Path(config.RESULTS_DIR) / "predictions").glob(f"{category}-*"))
+    saved = _scores(Path(config.RESULTS_DIR) / category / "scores.csv")
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(list((root / "test_public" / "bad").glob("*.png")))
+    for row in rows:
+        relative = f"test_public/bad/{Path(row['file']).name}"
+        assert float(row["image_score"]) == pytest.approx(saved[relative], abs=1e-5)
+        assert row["anomalous"] in ("true", "false")
+        stem = Path(row["file"]).stem
+        assert (out / "overlays" / f"{stem}.png").is_file() and (out / "maps" / f"{stem}.tiff").is_file()
+
+
+def test_predict_needs_one_category(finished_run, tiny_backbone):
+    config = finished_run[0]
+    with pytest.raises(PipelineError, match="exactly one category"):
+        run(config.replace(PREDICT=config.DATA_ROOT), backbone=tiny_backbone, progress=False)
+
+
+def test_export_submission_writes_official_float16_tiffs(demo_root, tiny_backbone, tmp_path):
+    config = tiny_config(demo_root, tmp_path / "results", CATEGORIES=dataset_ad2.list_categories(demo_root)[:1],
+                         SYNTHETIC_SAMPLES=9, EPOCHS=1, EXPORT_SUBMISSION=True)
+    run(config, backbone=tiny_backbone, progress=False)
+    category = config.CATEGORIES[0]
+    data = dataset_ad2.load_category(demo_root, category)
+    for split in ("test_private", "test_private_mixed"):
+        assert data.split(split), "the demo dataset has private test images"
+        for sample in data.split(split):
+            tiff = tmp_path / "results" / "anomaly_images" / category / split / f"{sample.stem}.tiff"
+            values = tifffile.imread(tiff)
+            assert values.dtype == np.float16 and values.ndim == 2
+            assert values.shape == dataset_ad2.image_size(sample.path)
+            png = tmp_path / "results" / "anomaly_images_thresholded" / category / split / f"{sample.stem}.png"
+            mask = np.asarray(Image.open(png))
+            assert mask.shape == values.shape and set(np.unique(mask)) <= {0, 255}
+
+
+def test_main_without_dataset_explains_how_to_get_one(tmp_path, capsys):
+    code = script.main([f"--DATA_ROOT={tmp_path / 'missing'}"])
+    message = capsys.readouterr().err
+    assert code == 2 and "mvtec.com" in message and "--demo" in message
+
+
+def test_attention_is_only_computed_when_asked(tiny_backbone):
+    from anomalyvfm.backbone import FeatureExtractor
+
+    images = torch.rand(2, 3, 56, 84)
+    plain = FeatureExtractor(tiny_backbone, [2])(images)
+    assert plain.attention is None and plain.patches.shape == (2, 4, 6, tiny_backbone.config.hidden_size)
+    assert plain.cls.shape == (2, tiny_backbone.config.hidden_size)

@@ -1,0 +1,54 @@
+"""Gaussian and nearest-neighbour scorers, anomaly maps, score fusion."""
+
+import numpy as np
+import torch
+
+from anomalyvfm.scoring import GaussianScorer, NearestNeighbourScorer, ScoreFusion, anomaly_map, top_patch_score
+
+
+def test_gaussian_gives_training_points_low_and_an_outlier_high_distance():
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(500, 8, generator=generator) * torch.tensor([5.0, 1, 1, 1, 1, 1, 1, 0.1])
+    scorer = GaussianScorer.fit(normal)
+    inside = scorer.distances(normal)
+    outlier = scorer.distances(torch.tensor([[0.0, 0, 0, 0, 0, 0, 0, 2.0]]))  # 20 sigma along the thin axis
+    assert outlier.item() > 2 * inside.max().item()
+    # The same point along the wide axis is ordinary: Mahalanobis, not Euclidean.
+    assert scorer.distances(torch.tensor([[2.0, 0, 0, 0, 0, 0, 0, 0]])).item() < inside.median().item()
+
+
+def test_gaussian_matches_the_closed_form_with_known_mean_and_precision():
+    scorer = GaussianScorer(torch.tensor([1.0, 2.0]), torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
+    torch.testing.assert_close(scorer.distances(torch.tensor([[2.0, 4.0]])), torch.tensor([np.sqrt(4 + 4)]).float())
+
+
+def test_gaussian_is_defined_with_fewer_samples_than_dimensions():
+    scorer = GaussianScorer.fit(torch.randn(10, 64))
+    assert torch.isfinite(scorer.distances(torch.randn(5, 64))).all()
+
+
+def test_nearest_neighbour_distance_is_exact_across_chunks():
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(40_000, 6, generator=generator), torch.randn(2100, 6, generator=generator)
+    expected = torch.cdist(queries, bank).min(1).values
+    torch.testing.assert_close(NearestNeighbourScorer.fit(bank).distances(queries), expected, atol=1e-3, rtol=1e-4)
+    assert NearestNeighbourScorer.fit(bank, bank_size=100).bank.shape == (100, 6)
+
+
+def test_anomaly_map_has_original_size_and_peaks_at_the_anomalous_patch():
+    grid = torch.zeros(4, 8)
+    grid[1, 6] = 5.0
+    full = anomaly_map(grid, (56, 112), (300, 611))
+    assert full.shape == (300, 611) and full.dtype == np.float32
+    row, column = np.unravel_index(full.argmax(), full.shape)
+    assert 1 / 4 <= row / 300 < 2 / 4 and 6 / 8 <= column / 611 < 7 / 8
+
+
+def test_top_patch_score_is_the_mean_of_the_top_percent():
+    grid = torch.arange(200, dtype=torch.float32).view(10, 20)
+    assert top_patch_score(grid) == (199 + 198) / 2
+
+
+def test_score_fusion_standardises_with_normal_statistics():
+    fusion = ScoreFusion.fit(np.array([1.0, 3.0]), np.array([10.0, 30.0]))
+    np.testing.assert_allclose(fusion(np.array([5.0]), np.array([20.0])), [0.5 * (3.0 + 0.0)])
