@@ -17,14 +17,14 @@ CATEGORIES = ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wa
                                   # any category folders in the AD 2 layout; comma-separated on the command line
 # Backbone
 BACKBONE = "facebook/dinov2-base" # hub id (downloaded once, then cached) or a local checkpoint folder
-FEATURE_LAYERS = [8]              # transformer blocks (from 1) whose tokens feed the heads; several are averaged.
-                                  # 8 of 12 measured best for localisation (docs/Feature_Layers.md)
+FEATURE_LAYERS = [6, 8, 10]       # transformer blocks (from 1) whose tokens feed the heads; several are averaged.
+                                  # Middle blocks localise far better than the last (docs/Feature_Layers.md)
 IMAGE_SIZE = 448                  # shorter image side in pixels, a multiple of 14 (224: fast, 448: small defects)
 # LoRA heads and their training
 LORA_RANK = 16                    # rank of each head's low-rank update
 LORA_ALPHA = 32.0                 # the update is scaled by LORA_ALPHA / LORA_RANK
 EPOCHS = 10                       # passes over the synthetic samples; 0 keeps the heads untrained (their base maps)
-LEARNING_RATE = 1e-3              # AdamW
+LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (README, "Does training help?")
 SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds photometric / geometric / noise
 BATCH_SIZE = 8                    # images per backbone batch and synthetic samples per training step
 NUM_WORKERS = 1                   # DataLoader processes decoding images while the backbone runs (0: in-process)
@@ -32,7 +32,8 @@ DEVICE = "auto"                   # auto | cpu | cuda | mps
 SEED = 0                          # same seed, same machine: identical scores
 # Scoring
 SCORER = "mahalanobis"            # mahalanobis (Gaussian, Ledoit-Wolf shrinkage) | knn (nearest normal patch)
-KNN_BANK_SIZE = 0                 # knn only: random subsample of the memory bank (0 keeps every normal patch)
+KNN_BANK_SIZE = 20000             # knn only: random subsample of the memory bank (0 keeps every normal patch);
+                                  # the full bank costs far more than the backbone on a CPU (README, Benchmark)
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings
@@ -52,7 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere, i
 from anomalyvfm.config import Config, ConfigError, apply_overrides  # noqa: E402
 
 DEMO_ROOT = "data/demo_ad2"
-MVTEC_AD2_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad-2"
 
 
 def default_config() -> Config:
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None
         logging.info("Generated the demo dataset in %s", config.DATA_ROOT)
     if not config.PREDICT and not _categories_at(config.DATA_ROOT):
         print(f"error: no dataset found at DATA_ROOT={config.DATA_ROOT!r} (expected <root>/<category>/train/good).\n"
-              f"  MVTec AD 2 is available at {MVTEC_AD2_URL}; unpack it and pass --DATA_ROOT=/path/to/mvtec_ad2.\n"
+              f"  MVTec AD 2 is available at {dataset_ad2.DOWNLOAD_URL}; unpack it and pass --DATA_ROOT=/path/to/mvtec_ad2.\n"
               "  To try the pipeline first, run: python anomaly_vfm_v11_lora.py --demo", file=sys.stderr)
         return 2
     try:

@@ -102,9 +102,9 @@ def write_map_tiff(path: Path, anomaly_map: np.ndarray) -> None:
         tifffile.imwrite(temporary, values, photometric="minisblack")
 
 
-def read_map(path: Path) -> np.ndarray:
-    """A saved map as float32 ``[H, W]``."""
-    return tifffile.imread(path).astype(np.float32)
+def read_map(path: Path, dtype: type = np.float32) -> np.ndarray:
+    """A saved map as ``[H, W]`` of ``dtype`` (float16 keeps it as stored)."""
+    return tifffile.imread(path).astype(dtype, copy=False)
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:

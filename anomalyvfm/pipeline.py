@@ -310,7 +310,7 @@ class CategoryOutcome:
     scores: dict  # split -> {"scores": [N], "labels": [N]}
     image_threshold: float
     pro_curve: tuple[np.ndarray, np.ndarray]
-    embeddings: tuple[np.ndarray, np.ndarray] | None  # ([N, 512], kind [N]: 0 train, 1 test good, 2 test bad)
+    embeddings: tuple[np.ndarray, np.ndarray] | None  # ([N, 512], kind [N]: 0 validation, 1 test good, 2 test bad)
     losses: list[float]
 
 
@@ -343,7 +343,8 @@ def fit_and_score_category(runner: Runner, data: dataset_ad2.CategoryData, categ
                      "lighting": sample.lighting, "image_score": float(image_scores[index])})
     _write_scores_csv(category_dir / "scores.csv", rows)
     embeddings = np.concatenate([raw.embeddings for raw in raws], axis=1)
-    np.save(category_dir / "embeddings.npy", embeddings.astype(np.float16))
+    with model_io.atomic_path(category_dir / "embeddings.npy") as temporary:
+        np.save(temporary, embeddings.astype(np.float16))
 
     val_maps = [map_path(category_dir, s) for s in validation]
     model = CategoryModel(data.name, scales, image_threshold=metrics.mean_plus_k_std(image_scores[:n_val]),
@@ -366,6 +367,19 @@ def read_scores_csv(path: Path) -> list[dict]:
                 for row in csv.DictReader(handle)]
 
 
+PRELOAD_BYTES = 1 << 30  # maps of a category smaller than this (as float16) are read once, not once per metric
+
+
+def _in_memory_if_small(paths: list[Path], samples: Sequence[dataset_ad2.Sample]) -> list:
+    """The saved maps as float16 arrays when they fit in ``PRELOAD_BYTES``, else their paths.
+
+    Several metrics each pass over all maps; decoding small maps once saves that, while
+    AD 2-scale categories stay streamed from disk one map at a time.
+    """
+    total = sum(2 * h * w for h, w in (dataset_ad2.image_size(s.path) for s in samples))
+    return [model_io.read_map(path, np.float16) for path in paths] if total <= PRELOAD_BYTES else paths
+
+
 def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> CategoryOutcome:
     """All metrics of a category from its saved scores and maps alone (no model needed)."""
     rows = read_scores_csv(category_dir / "scores.csv")
@@ -380,7 +394,7 @@ def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> Cat
     scores = np.array([r["image_score"] for r in test])
     labels = np.array([r["label"] for r in test])
     val_scores = np.array([r["image_score"] for r in validation])
-    maps = [map_path(category_dir, s) for s in samples]
+    maps = _in_memory_if_small([map_path(category_dir, s) for s in samples], samples)
     masks = [s.mask_path for s in samples]
     val_maps = [category_dir / "maps" / Path(r["relative_path"]).with_suffix(".tiff") for r in validation]
 
@@ -452,8 +466,8 @@ def run(config: Config, method: Method | None = None, *, backbone: torch.nn.Modu
     outcomes: dict[str, CategoryOutcome] = {}
     runner: Runner | None = None
     for category in config.CATEGORIES:
-        data = dataset_ad2.load_category(config.DATA_ROOT, category)
-        data, unreadable = _readable_only(data)
+        with timing.stage("load"):
+            data, unreadable = _readable_only(dataset_ad2.load_category(config.DATA_ROOT, category))
         skipped_files += unreadable
         category_dir = results_dir / category
         with warnings.catch_warnings(record=True) as caught:

