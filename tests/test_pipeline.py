@@ -183,3 +183,15 @@ def test_attention_is_only_computed_when_asked(tiny_backbone):
     plain = FeatureExtractor(tiny_backbone, [2])(images)
     assert plain.attention is None and plain.patches.shape == (2, 4, 6, tiny_backbone.config.hidden_size)
     assert plain.cls.shape == (2, tiny_backbone.config.hidden_size)
+
+
+def test_main_demo_runs_end_to_end_from_the_command_line(tiny_backbone, tmp_path, monkeypatch):
+    tiny_backbone.save_pretrained(tmp_path / "tiny-dinov2")
+    monkeypatch.chdir(tmp_path)  # the demo dataset goes to ./data/demo_ad2
+    code = script.main(["--demo", f"--BACKBONE={tmp_path / 'tiny-dinov2'}", "--FEATURE_LAYERS=2", "--IMAGE_SIZE=56",
+                        "--CATEGORIES=weave", "--SYNTHETIC_SAMPLES=9", "--EPOCHS=1", "--NUM_WORKERS=0",
+                        "--RESULTS_DIR=out"])
+    assert code == 0
+    assert (tmp_path / script.DEMO_ROOT / "weave" / "train" / "good").is_dir()
+    document = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(document["categories"]) == ["weave"] and document["config"]["DEMO"] is True
