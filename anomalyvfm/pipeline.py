@@ -211,7 +211,7 @@ class Runner:
                 pairs = make_pairs(samples, torch.stack([f.cls for f in synthetic]), [f.patches for f in synthetic],
                                    cls_tokens, patch_grids)
                 losses = train_heads(heads, pairs, normal_sample, epochs=config.EPOCHS, learning_rate=config.LEARNING_RATE,
-                                 batch_size=config.BATCH_SIZE, seed=config.SEED, device=torch.device("cpu"),
+                                 batch_size=config.BATCH_SIZE, seed=config.SEED, device=self.device,
                                  progress=self.progress)
         heads.cpu().eval()
         with timing.stage("fitting"):
