@@ -82,7 +82,7 @@ def test_each_version_runs_end_to_end_and_differs_from_v11(demo_root, tiny_backb
         assert scores[name] != scores["v1.1"], f"{name} scores equal v1.1's"
 
 
-def test_attention_guided_scores_follow_the_attention(demo_root, tiny_backbone, tmp_path, monkeypatch):
+def test_attention_guided_scores_follow_the_attention(demo_root, tiny_backbone, tmp_path):
     config = _config(demo_root, tmp_path)
     category = config.CATEGORIES[0]
     run(config.replace(RESULTS_DIR=str(tmp_path / "a")), AttentionGuidedLoRA(), backbone=tiny_backbone,
