@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-SCORERS = ("mahalanobis", "knn")
+SCORERS = ("mahalanobis", "knn", "mahalanobis+knn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

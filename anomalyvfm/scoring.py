@@ -56,16 +56,15 @@ class GaussianScorer:
 
 
 class NearestNeighbourScorer:
-    """L2 distance to the nearest normal embedding in a memory bank (as AnomalyDINO).
+    """Cosine distance ``1 - max cos`` to the nearest normal token in a memory bank (as AnomalyDINO).
 
-    ``bank_size > 0`` keeps a seeded random subsample of that many embeddings.
+    ``bank_size > 0`` keeps a seeded random subsample of that many tokens (0 keeps all).
     """
 
     kind = "knn"
 
     def __init__(self, bank: torch.Tensor) -> None:
-        self.bank = bank.float()
-        self._bank_sq = (self.bank ** 2).sum(-1)
+        self.bank = F.normalize(bank.float(), dim=-1)
 
     @classmethod
     def fit(cls, features: torch.Tensor, bank_size: int = 0, seed: int = 0) -> "NearestNeighbourScorer":
@@ -74,13 +73,12 @@ class NearestNeighbourScorer:
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """``[M, d]`` -> ``[M]``, chunked matrix products (never an [M, N] matrix at once)."""
         out = []
-        for part in features.split(1024):
-            part = part.float()
-            best = torch.full((len(part),), float("inf"))
-            for bank, bank_sq in zip(self.bank.split(CHUNK), self._bank_sq.split(CHUNK)):
-                squared = (part ** 2).sum(-1, keepdim=True) - 2 * part @ bank.T + bank_sq
-                best = torch.minimum(best, squared.min(-1).values)
-            out.append(best.clamp_min(0).sqrt())
+        for part in features.split(2048):
+            part = F.normalize(part.float(), dim=-1)
+            best = torch.full((len(part),), -1.0)
+            for bank in self.bank.split(CHUNK):
+                best = torch.maximum(best, (part @ bank.T).max(-1).values)
+            out.append((1.0 - best).clamp_min(0))
         return torch.cat(out) if out else features.new_zeros(0)
 
     def state(self) -> dict[str, torch.Tensor]:

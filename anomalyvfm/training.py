@@ -1,19 +1,21 @@
-"""Training the LoRA heads: invariance to the synthetic nuisances, without collapse.
+"""Training the LoRA heads against the scorer they feed: a margin on the Mahalanobis distance.
 
-Objective (see docs/Training_Objective.md for the reasoning), per step:
+Per step (docs/Training_Objective.md has the reasoning):
 
-    loss = invariance + variance
-    invariance = mean over pairs of 1 - cos(heads(synthetic token), heads(clean token))
-    variance   = mean over output dims of relu(1 - std(heads(normal tokens)) / std_0)
+    mu, Sigma = mean and covariance of the untrained heads' output (the raw tokens) of clean
+                normal training tokens, fixed for the whole training (as Deep SAD fixes its centre)
+    q(z)      = (z - mu)^T Sigma^-1 (z - mu) / D                              (about 1 for normal tokens)
+    loss      = mean over normal synthetic tokens of softplus((log q - log MARGIN) / TEMPERATURE)
+              + mean over defect synthetic tokens of softplus((log MARGIN - log q) / TEMPERATURE)
 
-A pair is a synthetic sample's token and its clean source's token at the same place
-(the CLS token, and every patch; for the geometric stage the clean feature grid is
-warped with the sample's affine transform and only fully covered patches count).
-``std_0`` is each output dimension's spread over normal tokens under the untrained
-heads: the variance term keeps different normal tokens as far apart as they started,
-so the trivial solution (everything mapped to one point) costs as much as it gains.
-The deficit is relative (a fraction of ``std_0``), so both terms lie in [0, 1] and
-neither needs a tuned weight.
+Normal synthetic tokens are the tokens of nuisance variants (lighting, pose, noise) away
+from any pasted defect: they should stay inside the Gaussian. Defect tokens are the patches
+a pasted defect covers (``synthetic.token_labels``): they should land beyond the margin.
+The loss is in the scorer's own units. Shrinking everything towards mu does not win it:
+defect tokens would fall inside the margin. No variance floor is needed, and low-variance
+directions (where the Gaussian finds anomalies) are free to shrink. A Gaussian re-estimated
+from the heads' output at every step was tried first: it chases its own moving target and
+the loss rose during training (docs/Training_Objective.md).
 """
 
 from __future__ import annotations
@@ -21,75 +23,89 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anomalyvfm.heads import StackedLoRAHeads
-from anomalyvfm.synthetic import SyntheticSample
 
-VARIANCE_BATCH = 1024  # normal tokens per step for the variance term
-PATCHES_PER_SAMPLE = 128  # patch pairs drawn per synthetic sample and step (its CLS pair always counts)
+TOKENS_PER_SAMPLE = 96   # synthetic tokens drawn per sample and step (defect tokens first)
+MARGIN = 4.0             # q beyond which a token counts as anomalous (q ~ 1 for normal tokens)
+TEMPERATURE = 0.5
+SHRINKAGE = 0.01         # covariance shrinkage towards its mean eigenvalue: a stable inverse, thin directions kept
 
 
 @dataclass
-class TrainingPairs:
-    """Rows of token pairs, ``[M, D]`` each, and the synthetic sample each row belongs to (``[M]``)."""
+class TrainingTokens:
+    """Tokens of the synthetic samples, ``[M, D]``, their labels ``[M]`` (0 normal, 1 defect) and owner sample ``[M]``."""
 
-    synthetic: torch.Tensor
-    target: torch.Tensor
+    tokens: torch.Tensor
+    labels: torch.Tensor
     sample_of_row: torch.Tensor
 
 
-def make_pairs(samples: list[SyntheticSample], synthetic_cls: torch.Tensor, synthetic_patches: list[torch.Tensor],
-               source_cls: torch.Tensor, source_patches: list[torch.Tensor]) -> TrainingPairs:
-    """Pair each synthetic sample's tokens with its clean source's.
-
-    synthetic_cls: ``[S, D]``; synthetic_patches[i]: ``[gh, gw, D]``; source_cls: ``[N, D]``;
-    source_patches[j]: ``[gh, gw, D]`` of training image j.
-    """
-    synthetic_rows, target_rows, owners = [], [], []
-    for index, sample in enumerate(samples):
-        patches = synthetic_patches[index].float()
-        target = source_patches[sample.source].float()
-        if sample.affine is not None:
-            grid = target.permute(2, 0, 1)
-            target = sample.affine.apply(grid).permute(1, 2, 0)
-            covered = sample.affine.apply(torch.ones_like(grid[:1]))[0] > 0.999
-            patches, target = patches[covered], target[covered]
-        else:
-            patches, target = patches.reshape(-1, patches.shape[-1]), target.reshape(-1, target.shape[-1])
-        synthetic_rows += [synthetic_cls[index:index + 1].float(), patches]
-        target_rows += [source_cls[sample.source:sample.source + 1].float(), target]
-        owners.append(torch.full((1 + len(patches),), index))
-    return TrainingPairs(torch.cat(synthetic_rows), torch.cat(target_rows), torch.cat(owners))
+def make_training_tokens(patches: list[torch.Tensor], labels: list[torch.Tensor]) -> TrainingTokens:
+    """Flatten each sample's patch grid ``[gh, gw, D]`` with its token labels ``[gh, gw]`` (-1 rows dropped)."""
+    rows, row_labels, owners = [], [], []
+    for index, (grid, label) in enumerate(zip(patches, labels)):
+        keep = label.flatten() >= 0
+        rows.append(grid.reshape(-1, grid.shape[-1])[keep].float())
+        row_labels.append(label.flatten()[keep])
+        owners.append(torch.full((int(keep.sum()),), index))
+    return TrainingTokens(torch.cat(rows), torch.cat(row_labels), torch.cat(owners))
 
 
-def train_heads(heads: StackedLoRAHeads, pairs: TrainingPairs, normal_tokens: torch.Tensor, *, epochs: int,
+def gaussian_of(embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[D]`` and precision ``[D, D]`` of ``[N, D]`` embeddings, covariance shrunk by ``SHRINKAGE``."""
+    mean = embedded.mean(0)
+    centred = embedded - mean
+    covariance = centred.T @ centred / max(len(embedded) - 1, 1)
+    scale = covariance.diagonal().mean()
+    covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * torch.eye(len(mean), device=mean.device)
+    return mean, torch.linalg.inv(covariance)
+
+
+def normalised_distance(embedded: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """``q = (z - mu)^T P (z - mu) / D`` for ``[M, D]`` embeddings -> ``[M]``."""
+    centred = embedded - mean
+    return ((centred @ precision) * centred).sum(-1) / embedded.shape[-1]
+
+
+def margin_loss(q: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The objective above for distances ``q`` ``[M]`` with labels ``[M]`` (0 normal, 1 defect)."""
+    logit = (torch.log(q.clamp_min(1e-8)) - torch.log(torch.tensor(MARGIN))) / TEMPERATURE
+    normal, defect = labels == 0, labels == 1
+    loss = q.new_zeros(())
+    if normal.any():
+        loss = loss + F.softplus(logit[normal]).mean()
+    if defect.any():
+        loss = loss + F.softplus(-logit[defect]).mean()
+    return loss
+
+
+def train_heads(heads: StackedLoRAHeads, training: TrainingTokens, normal_tokens: torch.Tensor, *, epochs: int,
                 learning_rate: float, batch_size: int, seed: int, device: torch.device,
                 progress: bool = True) -> list[float]:
     """Train the LoRA parameters of ``heads`` with AdamW; returns the mean loss of each epoch.
 
     An epoch visits every synthetic sample once, ``batch_size`` samples per step.
-    normal_tokens: ``[K, D]`` tokens of clean training images for the variance term.
+    normal_tokens: ``[K, D]`` tokens of clean training images, for the fixed Gaussian.
     """
     generator = torch.Generator().manual_seed(seed)
     heads.to(device).train()
     optimizer = torch.optim.AdamW(heads.lora_parameters(), lr=learning_rate)
+    num_samples = int(training.sample_of_row.max()) + 1 if len(training.sample_of_row) else 0
+    rows_of_sample = [torch.nonzero(training.sample_of_row == i).flatten() for i in range(num_samples)]
     with torch.no_grad():
-        target_std = heads(_draw(normal_tokens, generator).to(device)).std(0)
-    num_samples = int(pairs.sample_of_row.max()) + 1 if len(pairs.sample_of_row) else 0
-    rows_of_sample = [torch.nonzero(pairs.sample_of_row == i).flatten() for i in range(num_samples)]
+        mean, precision = gaussian_of(heads(normal_tokens.to(device, torch.float32)))
     history = []
     for _ in tqdm(range(epochs), desc="train heads", unit="epoch", leave=False, disable=not progress or None):
         order = torch.randperm(num_samples, generator=generator)
         losses = []
         for start in range(0, num_samples, batch_size):
-            rows = torch.cat([_some_rows(rows_of_sample[i], generator) for i in order[start:start + batch_size].tolist()])
-            synthetic = heads(pairs.synthetic[rows].to(device))
-            target = heads(pairs.target[rows].to(device))
-            invariance = (1.0 - (synthetic * target).sum(-1)).mean()
-            spread = heads(_draw(normal_tokens, generator).to(device)).std(0)
-            variance = torch.relu(1.0 - spread / target_std).mean()
-            loss = invariance + variance
+            rows = torch.cat([_some_rows(rows_of_sample[i], training.labels, generator)
+                              for i in order[start:start + batch_size].tolist()])
+            q = normalised_distance(heads(training.tokens[rows].to(device)), mean, precision)
+            loss = margin_loss(q, training.labels[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -99,17 +115,15 @@ def train_heads(heads: StackedLoRAHeads, pairs: TrainingPairs, normal_tokens: to
     return history
 
 
-def _some_rows(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The sample's CLS row (its first) and up to PATCHES_PER_SAMPLE random patch rows.
+def _some_rows(rows: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Every defect row of a sample (they are few) and random normal rows up to ``TOKENS_PER_SAMPLE``.
 
     Neighbouring patches are nearly redundant, so a random subset per step carries the same
     signal at a fraction of the cost.
     """
-    patches = rows[1:]
-    if len(patches) > PATCHES_PER_SAMPLE:
-        patches = patches[torch.randperm(len(patches), generator=generator)[:PATCHES_PER_SAMPLE]]
-    return torch.cat([rows[:1], patches])
-
-
-def _draw(tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return tokens[torch.randint(len(tokens), (VARIANCE_BATCH,), generator=generator)].float()
+    defect = rows[labels[rows] == 1][:TOKENS_PER_SAMPLE]
+    normal = rows[labels[rows] == 0]
+    room = max(TOKENS_PER_SAMPLE - len(defect), TOKENS_PER_SAMPLE // 2)
+    if len(normal) > room:
+        normal = normal[torch.randperm(len(normal), generator=generator)[:room]]
+    return torch.cat([defect, normal])
