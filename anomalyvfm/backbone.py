@@ -109,10 +109,14 @@ class FeatureExtractor(nn.Module):
     """Frozen DINOv2 returning CLS and patch tokens of ``layers`` (blocks counted from 1).
 
     The tokens of each chosen block go through the backbone's final LayerNorm (so blocks
-    are on one scale) and are averaged.
+    are on one scale) and are averaged. Only the blocks up to the deepest chosen one run
+    (later blocks cannot change the chosen tokens), unless ``attention`` (the last
+    block's CLS-to-patch attention is read) or ``full_depth`` (the benchmark's floor: one
+    full backbone pass) asks for every block.
     """
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[int], *, attention: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, layers: Sequence[int], *, attention: bool = False,
+                 full_depth: bool = False) -> None:
         super().__init__()
         self.backbone = freeze(backbone)
         depth = backbone.config.num_hidden_layers
@@ -122,6 +126,7 @@ class FeatureExtractor(nn.Module):
         self.attention = attention
         if attention:
             backbone.set_attn_implementation("eager")  # fused attention kernels do not return weights
+        self.blocks_to_run = depth if attention or full_depth else max(layers)
         self.patch_size: int = backbone.config.patch_size
         self.dim: int = backbone.config.hidden_size
 
@@ -130,15 +135,28 @@ class FeatureExtractor(nn.Module):
         """``pixel_values``: normalised ``[B, 3, h, w]`` with h, w multiples of the patch size."""
         batch, _, height, width = pixel_values.shape
         grid = (height // self.patch_size, width // self.patch_size)
-        output = self.backbone(pixel_values=pixel_values, output_hidden_states=True,
-                               output_attentions=self.attention)
+        blocks = self.backbone.encoder.layer[:self.blocks_to_run]
+        captured: list[torch.Tensor] = []
+        hook = None
+        if self.attention:  # eager attention returns (output, weights [B, heads, T, T]); keep the last block's
+            hook = blocks[-1].attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
         norm = self.backbone.layernorm
-        tokens = torch.stack([norm(output.hidden_states[layer]) for layer in self.layers]).mean(0).float()
+        chosen: dict[int, torch.Tensor] = {}
+        try:
+            hidden = self.backbone.embeddings(pixel_values)
+            for number, block in enumerate(blocks, start=1):
+                hidden = block(hidden)
+                if number in self.layers:
+                    chosen[number] = norm(hidden)
+        finally:
+            if hook is not None:
+                hook.remove()
+        tokens = torch.stack([chosen[layer] for layer in self.layers]).mean(0).float()
         registers = tokens.shape[1] - 1 - grid[0] * grid[1]  # 0 for DINOv2, >0 for with-registers checkpoints
         patches = tokens[:, 1 + registers:].reshape(batch, *grid, self.dim)
         attention = None
         if self.attention:
-            last = output.attentions[-1].float().mean(1)  # [B, T, T], averaged over heads
+            last = captured[-1].float().mean(1)  # [B, T, T], averaged over heads
             attention = last[:, 0, 1 + registers:].reshape(batch, *grid)
         return Features(cls=tokens[:, 0], patches=patches, attention=attention)
 

@@ -51,6 +51,63 @@ def test_extractor_is_frozen_and_dimensions_come_from_the_checkpoint(tiny_backbo
         FeatureExtractor(tiny_backbone, [3])
 
 
+@pytest.fixture(scope="module")
+def four_block_backbone():
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
+                          patch_size=14)
+    return Dinov2Model(config).eval()
+
+
+def _reference_features(backbone, layers, pixels, attention):
+    """Today's path: every block, every hidden state, attentions from the model's own outputs."""
+    with torch.inference_mode():
+        output = backbone(pixel_values=pixels, output_hidden_states=True, output_attentions=attention)
+        tokens = torch.stack([backbone.layernorm(output.hidden_states[layer]) for layer in layers]).mean(0)
+        weights = output.attentions[-1].mean(1)[:, 0, 1:] if attention else None
+    return tokens, weights
+
+
+def _blocks_run(backbone, extractor, pixels):
+    calls = []
+    hooks = [block.register_forward_hook(lambda *_: calls.append(1)) for block in backbone.encoder.layer]
+    try:
+        features = extractor(pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return features, len(calls)
+
+
+@pytest.mark.parametrize("layers", [[1, 2], [2], [2, 1, 2]])
+def test_extractor_stops_after_the_deepest_layer_with_identical_features(four_block_backbone, layers):
+    pixels = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(1))
+    tokens, _ = _reference_features(four_block_backbone, layers, pixels, attention=False)
+    features, blocks = _blocks_run(four_block_backbone, FeatureExtractor(four_block_backbone, layers), pixels)
+    assert blocks == max(layers) < 4
+    assert torch.allclose(features.cls, tokens[:, 0], atol=1e-5)
+    assert torch.allclose(features.patches, tokens[:, 1:].reshape(2, 3, 4, -1), atol=1e-5)
+    _, full = _blocks_run(four_block_backbone, FeatureExtractor(four_block_backbone, layers, full_depth=True), pixels)
+    assert full == 4
+
+
+def test_extractor_with_attention_runs_every_block_and_returns_the_last_blocks_attention():
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    backbone = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2,
+                                        image_size=56, patch_size=14)).eval()
+    extractor = FeatureExtractor(backbone, [1], attention=True)  # switches the backbone to eager attention
+    pixels = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(2))
+    tokens, weights = _reference_features(backbone, [1], pixels, attention=True)
+    features, blocks = _blocks_run(backbone, extractor, pixels)
+    assert blocks == 3
+    assert torch.allclose(features.patches, tokens[:, 1:].reshape(2, 3, 4, -1), atol=1e-5)
+    assert torch.allclose(features.attention, weights.reshape(2, 3, 4), atol=1e-5)
+
+
 def test_loading_a_folder_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(BackboneError, match="without config.json"):
         load_backbone(str(tmp_path))
