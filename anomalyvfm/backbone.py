@@ -78,11 +78,16 @@ def target_size(height: int, width: int, image_size: int, patch_size: int) -> tu
 
 
 def to_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``[H, W, 3] uint8`` image -> ``[3, h, w]`` float in [0, 1], resized with antialiasing."""
-    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
-    if tuple(tensor.shape[1:]) != size:
-        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    return tensor.clamp_(0.0, 1.0)
+    """``[H, W, 3] uint8`` image -> ``[3, h, w]`` float in [0, 1], resized with antialiasing.
+
+    The resize runs on the uint8 pixels (torch's vectorised uint8 path, within one grey
+    level of resizing floats) and only the small result becomes float: no full-size float
+    copy of a large image is ever made.
+    """
+    pixels = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+    if tuple(pixels.shape[1:]) != size:
+        pixels = F.interpolate(pixels[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return pixels.contiguous().float().div_(255.0)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

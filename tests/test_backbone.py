@@ -26,6 +26,16 @@ def test_to_input_resizes_to_range_zero_one():
     assert tensor[:, :, :50].max() == 0.0 and tensor[:, :, 60:].min() == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("shape, size", [((300, 410, 3), (112, 154)), ((20, 36, 3), (56, 98))])
+def test_to_input_resizing_uint8_stays_within_a_grey_level_of_resizing_floats(shape, size):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    floats = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None]
+    expected = torch.nn.functional.interpolate(floats, size=size, mode="bilinear", antialias=True,
+                                               align_corners=False)[0].clamp(0, 1)
+    result = to_input(image, size)
+    assert result.is_contiguous() and (result - expected).abs().max() <= 1.01 / 255
+
+
 def test_normalize_uses_imagenet_statistics():
     out = normalize(torch.full((1, 3, 2, 2), 0.485))
     assert out[0, 0].abs().max() < 1e-6 and out[0, 1, 0, 0] == pytest.approx((0.485 - 0.456) / 0.224)
