@@ -27,7 +27,8 @@ EPOCHS = 10                       # passes over the synthetic samples; 0 keeps t
 LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (README, "Measured results")
 SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds photometric / geometric / noise
 BATCH_SIZE = 8                    # images per backbone batch and synthetic samples per training step
-NUM_WORKERS = 1                   # DataLoader processes decoding images while the backbone runs (0: in-process)
+NUM_WORKERS = "auto"              # processes decoding images while the backbone runs, kept for the whole run:
+                                  # auto (min(4, cores - 1); 0 on one core) | 0 (in-process) | any count
 DEVICE = "auto"                   # auto | cpu | cuda | mps
 SEED = 0                          # same seed, same machine: identical scores
 # Scoring

@@ -38,7 +38,7 @@ class Config:
     LEARNING_RATE: float
     SYNTHETIC_SAMPLES: int
     BATCH_SIZE: int
-    NUM_WORKERS: int
+    NUM_WORKERS: int | str  # an int, or "auto"
     DEVICE: str
     SEED: int
     SCORER: str
@@ -65,7 +65,9 @@ class Config:
         for name in ("LORA_RANK", "BATCH_SIZE"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("EPOCHS", "NUM_WORKERS", "KNN_BANK_SIZE"):
+        if self.NUM_WORKERS != "auto" and not (type(self.NUM_WORKERS) is int and self.NUM_WORKERS >= 0):
+            problems.append(f"NUM_WORKERS must be 'auto' or an integer >= 0, got {self.NUM_WORKERS!r}")
+        for name in ("EPOCHS", "KNN_BANK_SIZE"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.LEARNING_RATE <= 0:
@@ -141,7 +143,14 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
     return _parse_scalar(name, raw, annotation)
 
 
-def _parse_scalar(name: str, raw: str, kind: type) -> Any:
+def _parse_scalar(name: str, raw: str, kind: Any) -> Any:
+    if isinstance(kind, types.UnionType):  # int | str: the first type that parses the value
+        for option in typing.get_args(kind):
+            try:
+                return _parse_scalar(name, raw, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"--{name}={raw!r} is not a valid {_type_name(kind)}")
     try:
         if kind is bool:
             lowered = raw.strip().lower()

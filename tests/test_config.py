@@ -68,3 +68,14 @@ def test_demo_flag_sets_demo_data_but_command_line_wins():
 def test_main_reports_config_errors_with_exit_code_2(capsys):
     assert script.main(["--NOPE=1"]) == 2
     assert "Unknown setting 'NOPE'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argument, expected", [("--NUM_WORKERS=auto", "auto"), ("--NUM_WORKERS=3", 3)])
+def test_num_workers_is_auto_or_a_count(argument, expected):
+    assert apply_overrides(script.default_config(), [argument]).NUM_WORKERS == expected
+
+
+@pytest.mark.parametrize("value", ["lots", -1, 1.5])
+def test_num_workers_rejects_anything_else(value):
+    with pytest.raises(ConfigError, match="NUM_WORKERS must be 'auto' or an integer >= 0"):
+        script.default_config().replace(NUM_WORKERS=value)
