@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomalyvfm.pipeline import Method  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "magtile_ad2"
@@ -62,7 +62,7 @@ def _config(args: argparse.Namespace, results_dir: Path, **changes):
 def part_floor(args: argparse.Namespace) -> dict:
     """The backbone alone over every image of the category."""
     import dataset_ad2
-    from anomalyvfm.pipeline import Runner
+    from anomalyvfm.fit import Runner
 
     config = _config(args, Path(tempfile.mkdtemp()))
     data = dataset_ad2.load_category(config.DATA_ROOT, args.category)
