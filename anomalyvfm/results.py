@@ -71,11 +71,11 @@ class ResultsFolder:
         """Remove ``.lock`` if its process is gone, else raise ``ResultsBusyError``."""
         try:
             owner = json.loads(self.lock_file.read_text(encoding="utf-8"))
-            pid, started = int(owner["pid"]), owner.get("started", "?")
+            pid, started, host = int(owner["pid"]), owner.get("started", "?"), owner.get("host")
         except FileNotFoundError:
             return  # released meanwhile: try again
         except (OSError, ValueError, KeyError, TypeError):
-            pid, started = None, "?"
+            pid, started, host = None, "?", None
             try:
                 age = dt.datetime.now().timestamp() - self.lock_file.stat().st_mtime
             except FileNotFoundError:
@@ -84,6 +84,11 @@ class ResultsFolder:
                 raise ResultsBusyError(f"RESULTS_DIR {self.root} is being claimed by another run right now "
                                        f"({self.lock_file} is being written); wait for it or use another "
                                        "--RESULTS_DIR.") from None
+        if pid is not None and host not in (None, socket.gethostname()):
+            # A PID from another machine (a shared file system) cannot be checked from here.
+            raise ResultsBusyError(f"RESULTS_DIR {self.root} is in use by a run on {host} (PID {pid}, started "
+                                   f"{started}); wait for it to finish or use another --RESULTS_DIR (delete "
+                                   f"{self.lock_file} only if no such run exists).")
         if pid is not None and _process_alive(pid):
             raise ResultsBusyError(f"RESULTS_DIR {self.root} is in use by another run (PID {pid}, started {started}); "
                                    f"wait for it to finish or use another --RESULTS_DIR (delete {self.lock_file} "
