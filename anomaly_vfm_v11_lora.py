@@ -91,32 +91,51 @@ def _categories_at(data_root: str) -> list[str]:
         return []
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (some carry indented hints on further lines)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = f" {error.filename}" if error.filename else ""
+    return (f"cannot access{where}: {error.strerror or error}; check that the path exists, that there is "
+            "free disk space, and the permissions.")
+
+
 def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None = None) -> int:
+    """The command line. Expected failures print one ``error: ...`` line (what, where, what to do):
+    exit 2 for a setting, 1 for data, backbone, results folder or files; real bugs keep their traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config = build_config(argv, defaults)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     import dataset_ad2
     from anomalyvfm.backbone import BackboneError
-    from anomalyvfm.pipeline import PipelineError
+    from anomalyvfm.errors import PipelineError
 
-    if config.DEMO and not _categories_at(config.DATA_ROOT):
-        from anomalyvfm.demo_data import generate_demo_dataset
-
-        generate_demo_dataset(config.DATA_ROOT)
-        logging.info("Generated the demo dataset in %s", config.DATA_ROOT)
-    if not config.PREDICT and not _categories_at(config.DATA_ROOT):
-        print(f"error: no dataset found at DATA_ROOT={config.DATA_ROOT!r} (expected <root>/<category>/train/good).\n"
-              f"  MVTec AD 2 is available at {dataset_ad2.DOWNLOAD_URL}; unpack it and pass --DATA_ROOT=/path/to/mvtec_ad2.\n"
-              "  To try the pipeline first, run: python anomaly_vfm_v11_lora.py --demo", file=sys.stderr)
-        return 2
     try:
+        if config.DEMO and not _categories_at(config.DATA_ROOT):
+            from anomalyvfm.demo_data import generate_demo_dataset
+
+            generate_demo_dataset(config.DATA_ROOT)
+            logging.info("Generated the demo dataset in %s", config.DATA_ROOT)
+        if not config.PREDICT and not _categories_at(config.DATA_ROOT):
+            print(f"error: no dataset found at DATA_ROOT={config.DATA_ROOT!r} (expected <root>/<category>/train/good).\n"
+                  f"  MVTec AD 2 is available at {dataset_ad2.DOWNLOAD_URL}; unpack it and pass --DATA_ROOT=/path/to/mvtec_ad2.\n"
+                  "  To try the pipeline first, run: python anomaly_vfm_v11_lora.py --demo", file=sys.stderr)
+            return 2
         run(config, method)
-    except (dataset_ad2.DatasetError, BackboneError, PipelineError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except ConfigError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (dataset_ad2.DatasetError, BackboneError, PipelineError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: {_describe_os_error(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -70,12 +71,19 @@ class Config:
         for name in ("EPOCHS", "KNN_BANK_SIZE"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.LEARNING_RATE <= 0:
-            problems.append(f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE}")
+        for name in ("LEARNING_RATE", "LORA_ALPHA"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):  # NaN fails every comparison
+                problems.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.SEED < 0:
+            problems.append(f"SEED must be >= 0 (torch and numpy seeds are unsigned), got {self.SEED}")
         if not self.CATEGORIES:
             problems.append("CATEGORIES must name at least one category")
+        for category in self.CATEGORIES:
+            # A category is a folder name under DATA_ROOT and RESULTS_DIR, never a path leading elsewhere.
+            if not category or category in (".", "..") or "/" in category or "\\" in category:
+                problems.append(f"CATEGORIES entries must be plain folder names, got {category!r}")
         if problems:
-            raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+            raise ConfigError("Invalid configuration: " + "; ".join(problems) + ".")
 
     @classmethod
     def from_constants(cls, namespace: Mapping[str, Any]) -> "Config":
@@ -103,10 +111,6 @@ class Config:
 
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
 
 
 def apply_overrides(config: Config, argv: Sequence[str]) -> Config:

@@ -23,6 +23,7 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from anomalyvfm.metrics.au_pro import normalised_pro_area  # noqa: E402
 from anomalyvfm.model_io import save_figure_atomic  # noqa: E402
 
 DPI = 120
@@ -244,21 +245,6 @@ def plot_feature_analysis(path: Path, embeddings: dict[str, tuple[np.ndarray, np
     return _save(fig, path)
 
 
-def au_pro_from_curve(fpr: np.ndarray, pro: np.ndarray, limit: float = HEADLINE_FPR) -> float:
-    """Normalised area under a PRO curve for FPR in ``[fpr[0], limit]``, interpolating at ``limit``.
-
-    ``fpr``: ascending ``[K]``; ``pro``: ``[K]``. NaN when the curve does not reach ``limit``
-    (as in MVTec's evaluation code, the area is not extrapolated).
-    """
-    fpr, pro = _finite_pairs(fpr, pro)
-    if not len(fpr) or not fpr[0] <= limit <= fpr[-1]:
-        return math.nan
-    inside = fpr < limit
-    x = np.append(fpr[inside], limit)
-    y = np.append(pro[inside], np.interp(limit, fpr, pro))
-    return float(np.trapezoid(y, x) / limit)
-
-
 def plot_pro_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], fpr_limit: float = 0.3) -> Path:
     """PRO vs FPR up to ``fpr_limit`` per category, legend with AU-PRO@0.05 from the curve.
 
@@ -269,7 +255,7 @@ def plot_pro_curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]
     drawn = 0
     for name, (fpr, pro) in curves.items():
         fpr, pro = _finite_pairs(fpr, pro)
-        score = au_pro_from_curve(fpr, pro)
+        score = normalised_pro_area(fpr, pro, HEADLINE_FPR)
         label = f"{name}: AU-PRO@0.05 {'n/a' if math.isnan(score) else f'{score:.3f}'}"
         if not len(fpr):
             ax.plot([], [], " ", label=label)

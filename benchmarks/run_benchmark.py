@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomalyvfm.pipeline import Method  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATASETS = SHARED / "datasets"

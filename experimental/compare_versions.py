@@ -26,7 +26,8 @@ from anomaly_vfm_v13_multiscale_lora import MultiScaleLoRA  # noqa: E402
 from anomaly_vfm_v14_attention_guided_lora import AttentionGuidedLoRA  # noqa: E402
 from anomalyvfm import model_io  # noqa: E402
 from anomalyvfm.config import Config  # noqa: E402
-from anomalyvfm.pipeline import Method, run  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
+from anomalyvfm.pipeline import run  # noqa: E402
 from anomalyvfm.reporting import mean_metrics  # noqa: E402
 
 VERSIONS: dict[str, Method] = {"v1.1": Method(), "v1.2 adaptive LoRA": AdaptiveLoRA(),

@@ -103,16 +103,6 @@ def test_feature_analysis_projects_on_train_normal_pca(tmp_path):
     read_png(plots.plot_feature_analysis(tmp_path / "f.png", embeddings), (1440, 432))
 
 
-def test_au_pro_from_curve_interpolates_at_the_limit():
-    # PRO rises linearly to 1 at FPR 0.1: at 0.05 it is 0.5, so the normalised area is 0.25.
-    assert plots.au_pro_from_curve(np.array([0.0, 0.1]), np.array([0.0, 1.0])) == pytest.approx(0.25)
-    assert plots.au_pro_from_curve(np.array([0.0, 0.05, 0.3]), np.array([1.0, 1.0, 1.0])) == pytest.approx(1.0)
-    assert plots.au_pro_from_curve(np.array([0.0, 0.02, 0.04, 0.1]), np.array([0.0, 0.4, np.nan, 1.0]),
-                                   limit=0.06) == pytest.approx((0.02 * 0.2 + 0.04 * 0.55) / 0.06)
-    assert math.isnan(plots.au_pro_from_curve(np.array([0.0, 0.01]), np.array([0.0, 0.2])))  # never reaches 0.05
-    assert math.isnan(plots.au_pro_from_curve(np.array([]), np.array([])))
-
-
 def test_pro_curves_and_training_loss(tmp_path):
     fpr = np.linspace(0, 1, 101)
     curves = {"can": (fpr, np.sqrt(fpr)), "short": (np.array([0.0, 0.01]), np.array([0.0, 0.2])),
