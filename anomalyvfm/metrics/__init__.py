@@ -18,8 +18,9 @@
   maps binarised at ``threshold`` (officially mean + 3 std of the validation maps).
 - ``mean_plus_k_std(values_or_maps, k=3.0)``: mean + k * population std over all values of an
   array or of a sequence of maps (streamed); the threshold of ClassF1 and SegF1.
-- ``by_lighting(lightings, labels, scores, maps, masks, ...)``: image AUROC and AU-PRO per
-  lighting group (regular, overexposed, underexposed, shift, others).
+- ``by_lighting(lightings, labels, scores, maps, masks, ..., threshold=None)``: image AUROC and
+  AU-PRO per lighting group (regular, overexposed, underexposed, shift, others; the grouping of
+  ``dataset_ad2.lighting_group``), and SegF1 per group when a pixel ``threshold`` is given.
 - ``UndefinedMetricWarning``: emitted, with the reason, whenever a metric is undefined for the
   data and returns NaN (no defective or no good images, constant maps, empty input).
 
