@@ -213,7 +213,7 @@ def make_stressed_dataset(source_root: str | Path, category: str, out_root: str 
     for split in ("train", "validation"):
         if (source.root / split).is_dir():
             (target / split).symlink_to((source.root / split).resolve(), target_is_directory=True)
-    manifest: dict = {"source": str(source.root), "category": category, "seed": seed, "lightings": lightings,
+    manifest: dict = {"source": str(source.root.resolve()), "category": category, "seed": seed, "lightings": lightings,
                       "variants_per_image": variants_per_image, "images": {}}
     for folder in ("good", "bad"):
         samples = [s for s in source.test_public if s.path.parent.name == folder]
@@ -225,12 +225,13 @@ def make_stressed_dataset(source_root: str | Path, category: str, out_root: str 
             if variants_per_image is not None:
                 chosen = [lightings[(position + k) % len(lightings)] for k in range(variants_per_image)]
             image = dataset_ad2.load_image(sample.path)
+            grayscale = is_grayscale(image)
             outputs = {"regular": (target / "test_public" / folder / f"{image_id}_regular{sample.path.suffix}")}
             outputs["regular"].symlink_to(sample.path.resolve())
             for lighting in chosen:
                 pixels, params = relight(image, lighting, _seed_for(seed, sample.relative_path, lighting))
                 outputs[lighting] = target / "test_public" / folder / f"{image_id}_{lighting}.png"
-                _save_png(pixels, outputs[lighting], is_grayscale(image))
+                _save_png(pixels, outputs[lighting], grayscale)
                 manifest["images"][outputs[lighting].relative_to(target).as_posix()] = {
                     "source": sample.relative_path, "lighting": lighting, "parameters": params}
             if sample.mask_path is not None:
