@@ -50,7 +50,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere, import from the repo
 
-from anomalyvfm.config import Config, ConfigError, apply_overrides  # noqa: E402
+from anomalyvfm.config import Config, ConfigError, apply_overrides, settings_help, wants_help  # noqa: E402
 
 DEMO_ROOT = "data/demo_ad2"
 
@@ -58,6 +58,11 @@ DEMO_ROOT = "data/demo_ad2"
 def default_config() -> Config:
     """The constants above as a ``Config``."""
     return Config.from_constants(globals())
+
+
+def help_text(prog: str, defaults: Config | None = None, usage: str = "") -> str:
+    """``--help``: the settings, defaults and meanings read from the constants block above."""
+    return settings_help(Path(__file__).read_text(encoding="utf-8"), defaults or default_config(), prog, usage)
 
 
 def build_config(argv: Sequence[str], defaults: Config | None = None) -> Config:
@@ -93,6 +98,9 @@ def _categories_at(data_root: str) -> list[str]:
 def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(help_text(Path(sys.argv[0]).name, defaults))
+        return 0
     try:
         config = build_config(argv, defaults)
     except ConfigError as error:

@@ -1,4 +1,4 @@
-"""Run v1.1-v1.4 on the same data and backbone and write a version table (CSV + Markdown).
+r"""Run v1.1-v1.4 on the same data and backbone and write a version table (CSV + Markdown).
 
     python experimental/compare_versions.py --DATA_ROOT=../shared/datasets/magtile_ad2 \
         --CATEGORIES=magtile --BACKBONE=../shared/models/dinov2-small-imgfocus --IMAGE_SIZE=224
@@ -25,7 +25,7 @@ from anomaly_vfm_v12_adaptive_lora import AdaptiveLoRA  # noqa: E402
 from anomaly_vfm_v13_multiscale_lora import MultiScaleLoRA  # noqa: E402
 from anomaly_vfm_v14_attention_guided_lora import AttentionGuidedLoRA  # noqa: E402
 from anomalyvfm import model_io  # noqa: E402
-from anomalyvfm.config import Config  # noqa: E402
+from anomalyvfm.config import Config, wants_help  # noqa: E402
 from anomalyvfm.pipeline import Method, run  # noqa: E402
 from anomalyvfm.reporting import mean_metrics  # noqa: E402
 
@@ -70,6 +70,9 @@ def write_tables(folder: Path, rows: list[dict], config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(v11.help_text(Path(__file__).name, usage=__doc__.strip()))
+        return 0
     try:
         config = v11.build_config(argv)
     except ValueError as error:
