@@ -45,6 +45,7 @@ DEMO = False                      # true (or --demo): generate the demo dataset 
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -95,7 +96,46 @@ def _categories_at(data_root: str) -> list[str]:
         return []
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def _newer_than(path: Path, since: float) -> bool:
+    """``path`` (a file, or a folder holding a file) was written at or after ``since`` (epoch seconds)."""
+    if path.is_file():
+        return path.stat().st_mtime >= since
+    return path.is_dir() and any(f.stat().st_mtime >= since for f in path.rglob("*") if f.is_file())
+
+
+def done_line(results_dir: Path, categories: Sequence[str], started: float, elapsed: float) -> str:
+    """The last line of a run: time taken, where the summary is, and what this run wrote.
+
+    ``categories``: the categories ``run()`` returned (none for PREDICT); ``started``: the run's
+    start (epoch seconds), so that files of earlier runs in ``results_dir`` are not listed.
+    """
+    head = f"Done in {_duration(elapsed)}."
+    predictions = [p for p in sorted((results_dir / "predictions").glob("*/predictions.csv"))
+                   if p.stat().st_mtime >= started]
+    if predictions:
+        return f"{head} Predictions: {predictions[-1]} (with maps/, masks/ and overlays/ beside it)."
+    if not categories:
+        return f"{head} Nothing was written to {results_dir}."
+    reports = sorted(p.name for p in results_dir.glob("*") if p.is_file() and p.stat().st_mtime >= started)
+    plots = [name for name in reports if name.endswith(".png")]
+    files = [name for name in reports if not name.endswith(".png") and name != "performance_summary.txt"]
+    parts = [f"Summary: {results_dir / 'performance_summary.txt'}.",
+             f"Also in {results_dir}: {', '.join(files)}, {len(plots)} plots ({', '.join(plots)});",
+             f"per category (scores.csv, maps/, model/) in {results_dir}/<category>/ for {', '.join(categories)}."]
+    exports = [str(results_dir / folder) for folder in ("anomaly_images", "anomaly_images_thresholded")
+               if _newer_than(results_dir / folder, started)]
+    if exports:
+        parts.append(f"Submission files: {', '.join(exports)}.")
+    return " ".join([head, *parts])
+
+
 def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None = None) -> int:
+    started, start = time.time(), time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
@@ -121,10 +161,11 @@ def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None
               "  To try the pipeline first, run: python anomaly_vfm_v11_lora.py --demo", file=sys.stderr)
         return 2
     try:
-        run(config, method)
+        categories = run(config, method)
     except (dataset_ad2.DatasetError, BackboneError, PipelineError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    print(done_line(Path(config.RESULTS_DIR), list(categories), started, time.perf_counter() - start))
     return 0
 
 
