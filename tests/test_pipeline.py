@@ -47,7 +47,7 @@ def test_run_writes_every_output_and_they_parse(finished_run):
     results = Path(config.RESULTS_DIR)
     assert seconds < 60, f"end-to-end run on generated data took {seconds:.1f} s"
     document = json.loads((results / "metrics.json").read_text())
-    assert set(document) == {"categories", "mean", "config"}
+    assert set(document) == {"categories", "mean", "total", "config"}
     assert set(document["categories"]) == set(config.CATEGORIES)
     for category, values in document["categories"].items():
         assert set(values) == METRIC_KEYS
@@ -57,9 +57,9 @@ def test_run_writes_every_output_and_they_parse(finished_run):
     assert document["config"]["IMAGE_SIZE"] == 56
     with open(results / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["category"] for row in rows] == sorted(config.CATEGORIES) + ["Mean"]
+    assert [row["category"] for row in rows] == sorted(config.CATEGORIES) + ["Mean", "Total"]
     mean_auroc = np.mean([metrics[c]["image_auroc"] for c in config.CATEGORIES])
-    assert float(rows[-1]["image_auroc"]) == pytest.approx(mean_auroc, abs=1e-4)
+    assert float(rows[-2]["image_auroc"]) == pytest.approx(mean_auroc, abs=1e-4)
     summary = (results / "performance_summary.txt").read_text()
     assert all(category in summary for category in config.CATEGORIES) and "Mean" in summary
     assert json.loads((results / "config.json").read_text())["CATEGORIES"] == config.CATEGORIES
