@@ -165,6 +165,10 @@ def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None
     except (dataset_ad2.DatasetError, BackboneError, PipelineError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if categories:
+        from anomalyvfm.report_html import write_report_html
+
+        write_report_html(Path(config.RESULTS_DIR), config.DATA_ROOT)
     print(done_line(Path(config.RESULTS_DIR), list(categories), started, time.perf_counter() - start))
     return 0
 

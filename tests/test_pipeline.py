@@ -185,7 +185,7 @@ def test_attention_is_only_computed_when_asked(tiny_backbone):
     assert plain.cls.shape == (2, tiny_backbone.config.hidden_size)
 
 
-def test_main_demo_runs_end_to_end_from_the_command_line(tiny_backbone, tmp_path, monkeypatch):
+def test_main_demo_runs_end_to_end_from_the_command_line(tiny_backbone, tmp_path, monkeypatch, capsys):
     tiny_backbone.save_pretrained(tmp_path / "tiny-dinov2")
     monkeypatch.chdir(tmp_path)  # the demo dataset goes to ./data/demo_ad2
     code = script.main(["--demo", f"--BACKBONE={tmp_path / 'tiny-dinov2'}", "--FEATURE_LAYERS=2", "--IMAGE_SIZE=56",
@@ -195,3 +195,6 @@ def test_main_demo_runs_end_to_end_from_the_command_line(tiny_backbone, tmp_path
     assert (tmp_path / script.DEMO_ROOT / "weave" / "train" / "good").is_dir()
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert list(document["categories"]) == ["weave"] and document["config"]["DEMO"] is True
+    assert (tmp_path / "out" / "report.html").is_file()
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("Done in ") and "report.html" in last_line and "out/performance_summary.txt" in last_line
