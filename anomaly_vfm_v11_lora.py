@@ -24,7 +24,7 @@ IMAGE_SIZE = 448                  # shorter image side in pixels, a multiple of 
 LORA_RANK = 16                    # rank of each head's low-rank update
 LORA_ALPHA = 32.0                 # the update is scaled by LORA_ALPHA / LORA_RANK
 EPOCHS = 10                       # passes over the synthetic samples; 0 keeps the heads untrained (their base maps)
-LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (README, "Measured results")
+LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (docs/Benchmark.md, "Measured results")
 SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds photometric / geometric / noise
 BATCH_SIZE = 8                    # images per backbone batch and synthetic samples per training step
 NUM_WORKERS = 1                   # DataLoader processes decoding images while the backbone runs (0: in-process)
@@ -33,7 +33,7 @@ SEED = 0                          # same seed, same machine: identical scores
 # Scoring
 SCORER = "mahalanobis"            # mahalanobis (Gaussian, Ledoit-Wolf shrinkage) | knn (nearest normal patch)
 KNN_BANK_SIZE = 20000             # knn only: random subsample of the memory bank (0 keeps every normal patch);
-                                  # the full bank costs far more than the backbone on a CPU (README, Benchmark)
+                                  # the full bank costs far more than the backbone on a CPU (docs/Benchmark.md)
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings
