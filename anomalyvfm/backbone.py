@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+import socket
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -44,25 +45,70 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect far faster; an offline machine fails at once or times out
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """True when a TCP connection to the Hugging Face hub (``HF_ENDPOINT`` if set) opens within ``timeout``.
+
+    One quick probe instead of letting the download fail: huggingface_hub retries with back-off,
+    which took 36 s offline before any message.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def backbone_advice(name: str, problem: str) -> str:
+    """``problem``, then how to run without downloading hub id ``name``."""
+    return (f"{problem}\n"
+            "  Use a local checkpoint folder:  --BACKBONE=<local folder>  (config.json + model.safetensors).\n"
+            "  To make one, run once on a machine with internet access:\n"
+            f"    python -c \"from transformers import Dinov2Model; "
+            f"Dinov2Model.from_pretrained('{name}').save_pretrained('dinov2-local')\"\n"
+            "  and copy the dinov2-local folder here (or run once online: the hub id is then cached).\n"
+            "  Set HF_HUB_OFFLINE=1 to never try the network; the cache and local folders still work.")
+
+
 def load_backbone(name_or_path: str) -> nn.Module:
-    """Load a frozen ``transformers.Dinov2Model`` in eval mode from a hub id or a local folder."""
+    """Load a frozen ``transformers.Dinov2Model`` in eval mode from a hub id or a local folder.
+
+    A hub id is read from the cache first; it is downloaded only when it is not cached, the
+    hub answers and ``HF_HUB_OFFLINE`` is not set. Otherwise one ``BackboneError`` says what to do.
+    """
     from transformers import Dinov2Model
 
     local = Path(name_or_path).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise BackboneError(f"BACKBONE={name_or_path!r} is a folder without config.json; expected a Hugging Face "
-                            "checkpoint folder (config.json + model.safetensors).")
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise BackboneError(f"BACKBONE={name_or_path!r} is a folder without config.json; expected a Hugging Face "
+                                "checkpoint folder (config.json + model.safetensors).")
+        try:
+            return freeze(Dinov2Model.from_pretrained(str(local)))
+        except (OSError, ValueError) as error:
+            raise BackboneError(f"Could not load the local DINOv2 checkpoint {name_or_path!r}: {error}") from None
     try:
-        model = Dinov2Model.from_pretrained(str(local) if local.exists() else name_or_path)
-    except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise BackboneError(
-            f"Could not load the DINOv2 backbone {name_or_path!r}{' (HF_HUB_OFFLINE=1)' if offline else ''}: {error}\n"
-            "Either download it once with internet access (it is then cached), e.g.\n"
-            f"  python -c \"from transformers import Dinov2Model; Dinov2Model.from_pretrained('{name_or_path}')\"\n"
-            "or point BACKBONE to a local checkpoint folder: --BACKBONE=/path/to/dinov2-base"
-        ) from None
-    return freeze(model)
+        return freeze(Dinov2Model.from_pretrained(name_or_path, local_files_only=True))
+    except (OSError, ValueError):
+        pass  # not cached: download below if the hub can be reached
+    not_cached = f"The DINOv2 backbone {name_or_path!r} is not a local folder nor in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise BackboneError(backbone_advice(name_or_path, f"{not_cached}, and HF_HUB_OFFLINE=1 is set."))
+    if not hub_reachable():
+        raise BackboneError(backbone_advice(name_or_path, f"{not_cached}, and the hub cannot be reached (offline?)."))
+    try:
+        return freeze(Dinov2Model.from_pretrained(name_or_path))
+    except (OSError, ValueError) as error:
+        raise BackboneError(backbone_advice(name_or_path, f"Could not download the DINOv2 backbone "
+                                                          f"{name_or_path!r}: {error}")) from None
 
 
 def freeze(model: nn.Module) -> nn.Module:

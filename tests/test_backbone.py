@@ -1,11 +1,14 @@
 """Preprocessing, the frozen feature extractor and backbone loading errors."""
 
+import socket
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from anomalyvfm.backbone import (BackboneError, FeatureExtractor, _SameSizeBatches, load_backbone, normalize,
-                                 target_size, to_input)
+from anomalyvfm.backbone import (BackboneError, FeatureExtractor, _SameSizeBatches, hub_reachable, load_backbone,
+                                 normalize, target_size, to_input)
 
 
 @pytest.mark.parametrize("height, width, expected", [
@@ -123,11 +126,63 @@ def test_loading_a_folder_without_config_is_a_clear_error(tmp_path):
         load_backbone(str(tmp_path))
 
 
-def test_offline_missing_hub_model_says_how_to_get_it(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+class FakeHub:
+    """Stands in for ``Dinov2Model.from_pretrained``: nothing is cached, any download attempt is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, name, **options):
+        self.calls.append(options)
+        raise OSError(f"{name} is not in the cache" if options.get("local_files_only") else "connection refused")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from transformers import Dinov2Model
+
+    hub = FakeHub()
+    monkeypatch.setattr(Dinov2Model, "from_pretrained", hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return hub
+
+
+def _refuse(*args, **kwargs):
+    raise ConnectionRefusedError("no network in tests")
+
+
+def test_unreachable_hub_fails_fast_with_one_message_and_no_download(fake_hub, monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    start = time.perf_counter()
     with pytest.raises(BackboneError) as error:
-        load_backbone("facebook/dinov2-does-not-exist")
-    assert "download it once" in str(error.value) and "--BACKBONE=" in str(error.value)
+        load_backbone("facebook/dinov2-base")
+    assert time.perf_counter() - start < 3
+    assert fake_hub.calls == [{"local_files_only": True}]  # the cache only; no download, no retries
+    message = str(error.value)
+    assert "cannot be reached" in message and "--BACKBONE=<local folder>" in message
+    assert "Dinov2Model.from_pretrained('facebook/dinov2-base').save_pretrained(" in message
+    assert "HF_HUB_OFFLINE=1" in message
+
+
+def test_hf_hub_offline_skips_the_probe(fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    with pytest.raises(BackboneError, match="HF_HUB_OFFLINE=1 is set"):
+        load_backbone("facebook/dinov2-base")
+    assert fake_hub.calls == [{"local_files_only": True}]
+
+
+def test_reachable_hub_downloads_once_and_a_failure_still_gives_the_advice(fake_hub, monkeypatch):
+    monkeypatch.setattr("anomalyvfm.backbone.hub_reachable", lambda: True)
+    with pytest.raises(BackboneError, match="connection refused") as error:
+        load_backbone("facebook/dinov2-base")
+    assert fake_hub.calls == [{"local_files_only": True}, {}]
+    assert "--BACKBONE=<local folder>" in str(error.value)
+
+
+def test_hub_probe_is_false_when_the_connection_fails(monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    assert hub_reachable() is False
 
 
 def test_local_checkpoint_folder_loads(tiny_backbone, tmp_path):
