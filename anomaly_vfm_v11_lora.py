@@ -24,16 +24,17 @@ IMAGE_SIZE = 448                  # shorter image side in pixels, a multiple of 
 LORA_RANK = 16                    # rank of each head's low-rank update
 LORA_ALPHA = 32.0                 # the update is scaled by LORA_ALPHA / LORA_RANK
 EPOCHS = 10                       # passes over the synthetic samples; 0 keeps the heads untrained (their base maps)
-LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (README, "Measured results")
+LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (docs/Benchmark.md, "Measured results")
 SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds photometric / geometric / noise
 BATCH_SIZE = 8                    # images per backbone batch and synthetic samples per training step
-NUM_WORKERS = 1                   # DataLoader processes decoding images while the backbone runs (0: in-process)
+NUM_WORKERS = "auto"              # processes decoding images while the backbone runs, kept for the whole run:
+                                  # auto (min(4, cores - 1); 0 on one core) | 0 (in-process) | any count
 DEVICE = "auto"                   # auto | cpu | cuda | mps
 SEED = 0                          # same seed, same machine: identical scores
 # Scoring
 SCORER = "mahalanobis"            # mahalanobis (Gaussian, Ledoit-Wolf shrinkage) | knn (nearest normal patch)
 KNN_BANK_SIZE = 20000             # knn only: random subsample of the memory bank (0 keeps every normal patch);
-                                  # the full bank costs far more than the backbone on a CPU (README, Benchmark)
+                                  # the full bank costs far more than the backbone on a CPU (docs/Benchmark.md)
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings
@@ -45,12 +46,13 @@ DEMO = False                      # true (or --demo): generate the demo dataset 
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere, import from the repo
 
-from anomalyvfm.config import Config, ConfigError, apply_overrides  # noqa: E402
+from anomalyvfm.config import Config, ConfigError, apply_overrides, settings_help, wants_help  # noqa: E402
 
 DEMO_ROOT = "data/demo_ad2"
 
@@ -58,6 +60,11 @@ DEMO_ROOT = "data/demo_ad2"
 def default_config() -> Config:
     """The constants above as a ``Config``."""
     return Config.from_constants(globals())
+
+
+def help_text(prog: str, defaults: Config | None = None, usage: str = "") -> str:
+    """``--help``: the settings, defaults and meanings read from the constants block above."""
+    return settings_help(Path(__file__).read_text(encoding="utf-8"), defaults or default_config(), prog, usage)
 
 
 def build_config(argv: Sequence[str], defaults: Config | None = None) -> Config:
@@ -90,33 +97,99 @@ def _categories_at(data_root: str) -> list[str]:
         return []
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (some carry indented hints on further lines)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = f" {error.filename}" if error.filename else ""
+    return (f"cannot access{where}: {error.strerror or error}; check that the path exists, that there is "
+            "free disk space, and the permissions.")
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def _newer_than(path: Path, since: float) -> bool:
+    """``path`` (a file, or a folder holding a file) was written at or after ``since`` (epoch seconds)."""
+    if path.is_file():
+        return path.stat().st_mtime >= since
+    return path.is_dir() and any(f.stat().st_mtime >= since for f in path.rglob("*") if f.is_file())
+
+
+def done_line(results_dir: Path, categories: Sequence[str], started: float, elapsed: float) -> str:
+    """The last line of a run: time taken, where the summary is, and what this run wrote.
+
+    ``categories``: the categories ``run()`` returned (none for PREDICT); ``started``: the run's
+    start (epoch seconds), so that files of earlier runs in ``results_dir`` are not listed.
+    """
+    head = f"Done in {_duration(elapsed)}."
+    predictions = [p for p in sorted((results_dir / "predictions").glob("*/predictions.csv"))
+                   if p.stat().st_mtime >= started]
+    if predictions:
+        return f"{head} Predictions: {predictions[-1]} (with maps/, masks/ and overlays/ beside it)."
+    if not categories:
+        return f"{head} Nothing was written to {results_dir}."
+    reports = sorted(p.name for p in results_dir.glob("*") if p.is_file() and p.stat().st_mtime >= started)
+    plots = [name for name in reports if name.endswith(".png")]
+    files = [name for name in reports if not name.endswith(".png") and name != "performance_summary.txt"]
+    parts = [f"Summary: {results_dir / 'performance_summary.txt'}.",
+             f"Also in {results_dir}: {', '.join(files)}, {len(plots)} plots ({', '.join(plots)});",
+             f"per category (scores.csv, maps/, model/) in {results_dir}/<category>/ for {', '.join(categories)}."]
+    exports = [str(results_dir / folder) for folder in ("anomaly_images", "anomaly_images_thresholded")
+               if _newer_than(results_dir / folder, started)]
+    if exports:
+        parts.append(f"Submission files: {', '.join(exports)}.")
+    return " ".join([head, *parts])
+
+
 def main(argv: Sequence[str] | None = None, method=None, defaults: Config | None = None) -> int:
+    """The command line. Expected failures print one ``error: ...`` line (what, where, what to do):
+    exit 2 for a setting, 1 for data, backbone, results folder or files; real bugs keep their traceback."""
+    started, start = time.time(), time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(help_text(Path(sys.argv[0]).name, defaults))
+        return 0
     try:
         config = build_config(argv, defaults)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     import dataset_ad2
     from anomalyvfm.backbone import BackboneError
-    from anomalyvfm.pipeline import PipelineError
+    from anomalyvfm.errors import PipelineError
 
-    if config.DEMO and not _categories_at(config.DATA_ROOT):
-        from anomalyvfm.demo_data import generate_demo_dataset
-
-        generate_demo_dataset(config.DATA_ROOT)
-        logging.info("Generated the demo dataset in %s", config.DATA_ROOT)
-    if not config.PREDICT and not _categories_at(config.DATA_ROOT):
-        print(f"error: no dataset found at DATA_ROOT={config.DATA_ROOT!r} (expected <root>/<category>/train/good).\n"
-              f"  MVTec AD 2 is available at {dataset_ad2.DOWNLOAD_URL}; unpack it and pass --DATA_ROOT=/path/to/mvtec_ad2.\n"
-              "  To try the pipeline first, run: python anomaly_vfm_v11_lora.py --demo", file=sys.stderr)
-        return 2
     try:
-        run(config, method)
-    except (dataset_ad2.DatasetError, BackboneError, PipelineError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if config.DEMO and not _categories_at(config.DATA_ROOT):
+            from anomalyvfm.demo_data import generate_demo_dataset
+
+            generate_demo_dataset(config.DATA_ROOT)
+            logging.info("Generated the demo dataset in %s", config.DATA_ROOT)
+        if not config.PREDICT and not _categories_at(config.DATA_ROOT):
+            print(f"error: no dataset found at DATA_ROOT={config.DATA_ROOT!r} (expected <root>/<category>/train/good).\n"
+                  f"  MVTec AD 2 is available at {dataset_ad2.DOWNLOAD_URL}; unpack it and pass --DATA_ROOT=/path/to/mvtec_ad2.\n"
+                  "  To try the pipeline first, run: python anomaly_vfm_v11_lora.py --demo", file=sys.stderr)
+            return 2
+        categories = run(config, method)
+    except ConfigError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (dataset_ad2.DatasetError, BackboneError, PipelineError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except OSError as error:
+        print(f"error: {_describe_os_error(error)}", file=sys.stderr)
+        return 1
+    if categories:
+        from anomalyvfm.report_html import write_report_html
+
+        write_report_html(Path(config.RESULTS_DIR), config.DATA_ROOT)
+    print(done_line(Path(config.RESULTS_DIR), list(categories), started, time.perf_counter() - start))
     return 0
 
 

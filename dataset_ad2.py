@@ -22,7 +22,7 @@ Public API
 - ``category_root``, ``list_categories``, ``list_samples``, ``load_category`` -> ``CategoryData``:
   enumeration; these read directory listings only, never pixels.
 - ``image_size(path)``: ``(H, W)`` from the file header. ``load_image(path)``: ``[H, W, 3] uint8``
-  RGB at the original size. ``load_mask(sample_or_path)``: ``[H, W] bool``.
+  RGB at the original size. ``load_mask(sample_or_path)``, ``read_mask(path)``: ``[H, W] bool``.
 - ``check_readable(samples)``: splits samples into readable ones and ``(path, reason)`` pairs.
 
 Unreadable images
@@ -272,12 +272,26 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file as ``[H, W] bool``: any non-zero value is defect, in any format Pillow decodes
+    (grey, 16-bit, palette, RGB(A): the channels' maximum, alpha ignored). The one mask decoder of
+    the package: the metrics read mask files through it too. ``UnreadableImageError`` names the file."""
+    mask = _open(path)
+    if mask.mode in ("P", "PA"):  # palette indices are not intensities
+        mask = mask.convert("RGBA")
+    values = np.asarray(mask)
+    if values.ndim == 3:
+        values = values[:, :, : 1 if values.shape[2] == 2 else 3]  # drop alpha
+        values = values.max(axis=2)
+    return values > 0
+
+
 def load_mask(sample_or_path: Sample | str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """A ground-truth mask as ``[H, W] bool`` (any non-zero colour value is defect).
+    """A ground-truth mask as ``[H, W] bool`` (any non-zero colour value is defect, see ``read_mask``).
 
     For a ``Sample`` without a mask (good or unlabelled) the result is all ``False`` at the
     image's size. ``expected_size`` (``(H, W)``) defaults to the sample's image size; a mask of
-    another size is a ``DatasetError``.
+    another size is a ``DatasetError`` naming the file.
     """
     image_path = None
     if isinstance(sample_or_path, Sample):
@@ -288,18 +302,12 @@ def load_mask(sample_or_path: Sample | str | Path, expected_size: tuple[int, int
         mask_path = sample_or_path.mask_path
     else:
         mask_path = Path(sample_or_path)
-    mask = _open(mask_path)
-    if mask.mode in ("P", "PA"):  # palette indices are not intensities
-        mask = mask.convert("RGBA")
-    values = np.asarray(mask)
-    if values.ndim == 3:
-        values = values[:, :, : 1 if values.shape[2] == 2 else 3]  # drop alpha
-        values = values.max(axis=2)
+    values = read_mask(mask_path)
     if expected_size is not None and values.shape != tuple(expected_size):
         where = f"its image {image_path} is" if image_path else "the expected size is"
         raise DatasetError(f"Mask {mask_path} is {values.shape[0]}x{values.shape[1]} (HxW) but {where} "
                            f"{expected_size[0]}x{expected_size[1]}; a mask must have its image's size.")
-    return values > 0
+    return values
 
 
 def check_readable(samples: list[Sample]) -> tuple[list[Sample], list[tuple[Path, str]]]:

@@ -13,7 +13,15 @@ Each concern lives in one module, and data flows through them once:
 - ``anomalyvfm.metrics``: AU-PRO, SegF1, image AUROC/AP, ClassF1, per-lighting tables.
 - ``anomalyvfm.model_io``: safetensors/JSON model files, float16 TIFF maps.
 - ``anomalyvfm.reporting`` and ``anomalyvfm.plots``: results/ files and figures.
-- ``anomalyvfm.pipeline``: one category end to end, and a whole run.
+- ``anomalyvfm.method``: ``Method``, the hooks the experimental versions override.
+- ``anomalyvfm.preflight``: the cheap checks of settings, data and RESULTS_DIR before any work.
+- ``anomalyvfm.results``: RESULTS_DIR's lock, history, publishing, and reuse of finished categories.
+- ``anomalyvfm.fit``: the backbone ``Runner`` and fitting a category.
+- ``anomalyvfm.model``: the saved ``CategoryModel`` (validated on load) and how it scores images.
+- ``anomalyvfm.evaluate``: metrics of a category from its saved scores and maps.
+- ``anomalyvfm.predict``: ``--PREDICT`` and ``--EXPORT_SUBMISSION``.
+- ``anomalyvfm.summary``: the top-level reports of a run.
+- ``anomalyvfm.pipeline``: the run loop (``run``).
 """
 
 __version__ = "1.1.0"

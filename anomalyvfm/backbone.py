@@ -9,7 +9,11 @@ inside the anomaly map, so maps can be resized back to the original size exactly
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+import socket
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 import dataset_ad2
 
@@ -42,25 +45,70 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+HUB_PROBE_SECONDS = 3.0  # a reachable hub answers a TCP connect far faster; an offline machine fails at once or times out
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """True when a TCP connection to the Hugging Face hub (``HF_ENDPOINT`` if set) opens within ``timeout``.
+
+    One quick probe instead of letting the download fail: huggingface_hub retries with back-off,
+    which took 36 s offline before any message.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def backbone_advice(name: str, problem: str) -> str:
+    """``problem``, then how to run without downloading hub id ``name``."""
+    return (f"{problem}\n"
+            "  Use a local checkpoint folder:  --BACKBONE=<local folder>  (config.json + model.safetensors).\n"
+            "  To make one, run once on a machine with internet access:\n"
+            f"    python -c \"from transformers import Dinov2Model; "
+            f"Dinov2Model.from_pretrained('{name}').save_pretrained('dinov2-local')\"\n"
+            "  and copy the dinov2-local folder here (or run once online: the hub id is then cached).\n"
+            "  Set HF_HUB_OFFLINE=1 to never try the network; the cache and local folders still work.")
+
+
 def load_backbone(name_or_path: str) -> nn.Module:
-    """Load a frozen ``transformers.Dinov2Model`` in eval mode from a hub id or a local folder."""
+    """Load a frozen ``transformers.Dinov2Model`` in eval mode from a hub id or a local folder.
+
+    A hub id is read from the cache first; it is downloaded only when it is not cached, the
+    hub answers and ``HF_HUB_OFFLINE`` is not set. Otherwise one ``BackboneError`` says what to do.
+    """
     from transformers import Dinov2Model
 
     local = Path(name_or_path).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise BackboneError(f"BACKBONE={name_or_path!r} is a folder without config.json; expected a Hugging Face "
-                            "checkpoint folder (config.json + model.safetensors).")
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise BackboneError(f"BACKBONE={name_or_path!r} is a folder without config.json; expected a Hugging Face "
+                                "checkpoint folder (config.json + model.safetensors).")
+        try:
+            return freeze(Dinov2Model.from_pretrained(str(local)))
+        except (OSError, ValueError) as error:
+            raise BackboneError(f"Could not load the local DINOv2 checkpoint {name_or_path!r}: {error}") from None
     try:
-        model = Dinov2Model.from_pretrained(str(local) if local.exists() else name_or_path)
-    except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise BackboneError(
-            f"Could not load the DINOv2 backbone {name_or_path!r}{' (HF_HUB_OFFLINE=1)' if offline else ''}: {error}\n"
-            "Either download it once with internet access (it is then cached), e.g.\n"
-            f"  python -c \"from transformers import Dinov2Model; Dinov2Model.from_pretrained('{name_or_path}')\"\n"
-            "or point BACKBONE to a local checkpoint folder: --BACKBONE=/path/to/dinov2-base"
-        ) from None
-    return freeze(model)
+        return freeze(Dinov2Model.from_pretrained(name_or_path, local_files_only=True))
+    except (OSError, ValueError):
+        pass  # not cached: download below if the hub can be reached
+    not_cached = f"The DINOv2 backbone {name_or_path!r} is not a local folder nor in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise BackboneError(backbone_advice(name_or_path, f"{not_cached}, and HF_HUB_OFFLINE=1 is set."))
+    if not hub_reachable():
+        raise BackboneError(backbone_advice(name_or_path, f"{not_cached}, and the hub cannot be reached (offline?)."))
+    try:
+        return freeze(Dinov2Model.from_pretrained(name_or_path))
+    except (OSError, ValueError) as error:
+        raise BackboneError(backbone_advice(name_or_path, f"Could not download the DINOv2 backbone "
+                                                          f"{name_or_path!r}: {error}")) from None
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -77,12 +125,21 @@ def target_size(height: int, width: int, image_size: int, patch_size: int) -> tu
             max(patch_size, round(width * scale / patch_size) * patch_size))
 
 
+def resize_pixels(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``[H, W, 3] uint8`` image -> ``[3, h, w]`` uint8, resized with antialiasing.
+
+    Resizing the uint8 pixels (torch's vectorised uint8 path, within one grey level of
+    resizing floats) means no full-size float copy of a large image is ever made.
+    """
+    pixels = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+    if tuple(pixels.shape[1:]) != size:
+        pixels = F.interpolate(pixels[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return pixels.contiguous()
+
+
 def to_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """``[H, W, 3] uint8`` image -> ``[3, h, w]`` float in [0, 1], resized with antialiasing."""
-    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
-    if tuple(tensor.shape[1:]) != size:
-        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    return tensor.clamp_(0.0, 1.0)
+    return resize_pixels(image, size).float().div_(255.0)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -109,10 +166,14 @@ class FeatureExtractor(nn.Module):
     """Frozen DINOv2 returning CLS and patch tokens of ``layers`` (blocks counted from 1).
 
     The tokens of each chosen block go through the backbone's final LayerNorm (so blocks
-    are on one scale) and are averaged.
+    are on one scale) and are averaged. Only the blocks up to the deepest chosen one run
+    (later blocks cannot change the chosen tokens), unless ``attention`` (the last
+    block's CLS-to-patch attention is read) or ``full_depth`` (the benchmark's floor: one
+    full backbone pass) asks for every block.
     """
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[int], *, attention: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, layers: Sequence[int], *, attention: bool = False,
+                 full_depth: bool = False) -> None:
         super().__init__()
         self.backbone = freeze(backbone)
         depth = backbone.config.num_hidden_layers
@@ -122,6 +183,7 @@ class FeatureExtractor(nn.Module):
         self.attention = attention
         if attention:
             backbone.set_attn_implementation("eager")  # fused attention kernels do not return weights
+        self.blocks_to_run = depth if attention or full_depth else max(layers)
         self.patch_size: int = backbone.config.patch_size
         self.dim: int = backbone.config.hidden_size
 
@@ -130,33 +192,41 @@ class FeatureExtractor(nn.Module):
         """``pixel_values``: normalised ``[B, 3, h, w]`` with h, w multiples of the patch size."""
         batch, _, height, width = pixel_values.shape
         grid = (height // self.patch_size, width // self.patch_size)
-        output = self.backbone(pixel_values=pixel_values, output_hidden_states=True,
-                               output_attentions=self.attention)
+        blocks = self.backbone.encoder.layer[:self.blocks_to_run]
+        captured: list[torch.Tensor] = []
+        hook = None
+        if self.attention:  # eager attention returns (output, weights [B, heads, T, T]); keep the last block's
+            hook = blocks[-1].attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
         norm = self.backbone.layernorm
-        tokens = torch.stack([norm(output.hidden_states[layer]) for layer in self.layers]).mean(0).float()
+        chosen: dict[int, torch.Tensor] = {}
+        try:
+            hidden = self.backbone.embeddings(pixel_values)
+            for number, block in enumerate(blocks, start=1):
+                hidden = block(hidden)
+                if number in self.layers:
+                    chosen[number] = norm(hidden)
+        finally:
+            if hook is not None:
+                hook.remove()
+        tokens = torch.stack([chosen[layer] for layer in self.layers]).mean(0).float()
         registers = tokens.shape[1] - 1 - grid[0] * grid[1]  # 0 for DINOv2, >0 for with-registers checkpoints
         patches = tokens[:, 1 + registers:].reshape(batch, *grid, self.dim)
         attention = None
         if self.attention:
-            last = output.attentions[-1].float().mean(1)  # [B, T, T], averaged over heads
+            last = captured[-1].float().mean(1)  # [B, T, T], averaged over heads
             attention = last[:, 0, 1 + registers:].reshape(batch, *grid)
         return Features(cls=tokens[:, 0], patches=patches, attention=attention)
 
 
-class _ImageFiles(Dataset):
-    """Decodes and resizes images in DataLoader workers, so decoding overlaps the backbone."""
-
-    def __init__(self, paths: Sequence[Path], sizes: Sequence[tuple[int, int]]) -> None:
-        self.paths, self.sizes = list(paths), list(sizes)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        return index, to_input(dataset_ad2.load_image(self.paths[index]), self.sizes[index])
+def resolve_num_workers(setting: int | str) -> int:
+    """``"auto"``: decode workers for a share of the cores (one left for the backbone; 0 on one core)."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cores - 1)
 
 
-class _SameSizeBatches(Sampler[list[int]]):
+class _SameSizeBatches:
     """Batches of images whose network input sizes are equal (they must stack), in input order."""
 
     def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int) -> None:
@@ -173,19 +243,122 @@ class _SameSizeBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
-def input_sizes(paths: Sequence[Path], image_size: int, patch_size: int) -> list[tuple[int, int]]:
-    """Network input size of each image, from the file headers alone."""
-    return [target_size(*dataset_ad2.image_size(path), image_size, patch_size) for path in paths]
+# One batch's work for a decode worker: (index, path, input size) per image.
+_BatchTask = list[tuple[int, Path, tuple[int, int]]]
+
+
+def _decode_batch(task: _BatchTask) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
+    """Decode and resize one batch: ``(indices, uint8 [B, 3, h, w] or None, [(index, reason)] unreadable)``.
+
+    uint8 crosses the process boundary (4x less than float); never raises for a bad file.
+    """
+    indices, images, unreadable = [], [], []
+    for index, path, size in task:
+        try:
+            image = dataset_ad2.load_image(path)
+        except dataset_ad2.UnreadableImageError as error:
+            unreadable.append((index, error.reason))
+            continue
+        indices.append(index)
+        images.append(resize_pixels(image, size).numpy())
+    return indices, (np.stack(images) if images else None), unreadable
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # the workers share the cores with the backbone; one thread each
+
+
+class ImageLoader:
+    """Decodes images for the backbone in a pool of worker processes that lives for a whole run.
+
+    Create it once per run (a context manager; ``close()`` ends the workers), then call
+    ``batches(...)`` for each pass. Decoding of later batches overlaps the caller's work on
+    earlier ones; at most ``prefetch`` batches are decoded ahead. An unreadable image never
+    raises: it is left out of its batch and listed in ``unreadable``.
+    """
+
+    def __init__(self, num_workers: int | str = "auto", *, batch_size: int,
+                 device: torch.device | str = "cpu", prefetch: int | None = None) -> None:
+        self.num_workers = resolve_num_workers(num_workers)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.prefetch = prefetch or 2 * max(1, self.num_workers)
+        # Images this loader could not read in its latest pass: (path, reason), in input order.
+        self.unreadable: list[tuple[Path, str]] = []
+        self._pool = (ProcessPoolExecutor(self.num_workers, initializer=_worker_init)
+                      if self.num_workers > 0 else None)
+
+    def batches(self, paths: Sequence[Path], image_size: int, patch_size: int
+                ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Yield ``(indices, images [B, 3, h, w] float in [0, 1] on the loader's device)`` over ``paths``.
+
+        Images of one batch share their network input size (shorter side ``image_size``);
+        ``indices`` point into ``paths``. Unreadable images are skipped; once the pass is
+        exhausted, ``self.unreadable`` lists them (reset at the start of every pass).
+        """
+        self.unreadable = []
+        failures: list[tuple[int, str]] = []
+        readable: list[int] = []
+        sizes: list[tuple[int, int]] = []
+        for index, path in enumerate(paths):
+            try:
+                sizes.append(target_size(*dataset_ad2.image_size(path), image_size, patch_size))
+                readable.append(index)
+            except dataset_ad2.UnreadableImageError as error:  # not even a header
+                failures.append((index, error.reason))
+        tasks = [[(readable[i], Path(paths[readable[i]]), sizes[i]) for i in batch]
+                 for batch in _SameSizeBatches(sizes, self.batch_size)]
+        for indices, pixels, unreadable in self._decoded(tasks):
+            failures += unreadable
+            if pixels is not None:
+                yield indices, self._to_device(torch.from_numpy(pixels))
+        self.unreadable = [(Path(paths[index]), reason) for index, reason in sorted(failures)]
+
+    def _decoded(self, tasks: list[_BatchTask]) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
+        """Decoded batches in task order; in the workers with at most ``prefetch`` ahead."""
+        if self._pool is None:
+            yield from map(_decode_batch, tasks)
+            return
+        pending: deque[Future] = deque()
+        remaining = iter(tasks)
+        try:
+            for task in islice(remaining, self.prefetch):
+                pending.append(self._pool.submit(_decode_batch, task))
+            while pending:
+                result = pending.popleft().result()
+                for task in islice(remaining, 1):
+                    pending.append(self._pool.submit(_decode_batch, task))
+                yield result
+        finally:  # a pass abandoned early must not leave work queued for the next one
+            for future in pending:
+                future.cancel()
+
+    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, h, w]`` -> float in [0, 1] on the device; on CUDA the uint8 copy is pinned and
+        asynchronous, and the conversion runs on the GPU."""
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        return pixels.float().div_(255.0)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "ImageLoader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def iterate_images(paths: Sequence[Path], image_size: int, patch_size: int, *, batch_size: int,
-                   num_workers: int) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Yield ``(indices, images [B, 3, h, w] in [0, 1])`` over ``paths``, decoded in workers."""
-    sizes = input_sizes(paths, image_size, patch_size)
-    loader = DataLoader(_ImageFiles(paths, sizes), batch_sampler=_SameSizeBatches(sizes, batch_size),
-                        num_workers=num_workers, persistent_workers=False)
-    for indices, images in loader:
-        yield indices.tolist(), images
+                   num_workers: int | str) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """One pass of a one-off ``ImageLoader``; an unreadable image raises ``UnreadableImageError`` at the end."""
+    with ImageLoader(num_workers, batch_size=batch_size) as loader:
+        yield from loader.batches(paths, image_size, patch_size)
+        if loader.unreadable:
+            raise dataset_ad2.UnreadableImageError(*loader.unreadable[0])
 
 
 def autocast(device: torch.device):

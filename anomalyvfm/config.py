@@ -2,13 +2,19 @@
 
 The defaults live in one place only: the constants block at the top of
 ``anomaly_vfm_v11_lora.py``. ``Config`` gives them types, so that an override of the
-wrong type, or for a name that does not exist, is an error that lists the valid names.
+wrong type, or for a name that does not exist, is an error pointing at ``--help``, whose
+text (``settings_help``) is read from that same block: its group headers and trailing comments.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import io
 import json
+import math
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass
@@ -38,7 +44,7 @@ class Config:
     LEARNING_RATE: float
     SYNTHETIC_SAMPLES: int
     BATCH_SIZE: int
-    NUM_WORKERS: int
+    NUM_WORKERS: int | str  # an int, or "auto"
     DEVICE: str
     SEED: int
     SCORER: str
@@ -65,15 +71,24 @@ class Config:
         for name in ("LORA_RANK", "BATCH_SIZE"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("EPOCHS", "NUM_WORKERS", "KNN_BANK_SIZE"):
+        if self.NUM_WORKERS != "auto" and not (type(self.NUM_WORKERS) is int and self.NUM_WORKERS >= 0):
+            problems.append(f"NUM_WORKERS must be 'auto' or an integer >= 0, got {self.NUM_WORKERS!r}")
+        for name in ("EPOCHS", "KNN_BANK_SIZE"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.LEARNING_RATE <= 0:
-            problems.append(f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE}")
+        for name in ("LEARNING_RATE", "LORA_ALPHA"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):  # NaN fails every comparison
+                problems.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.SEED < 0:
+            problems.append(f"SEED must be >= 0 (torch and numpy seeds are unsigned), got {self.SEED}")
         if not self.CATEGORIES:
             problems.append("CATEGORIES must name at least one category")
+        for category in self.CATEGORIES:
+            # A category is a folder name under DATA_ROOT and RESULTS_DIR, never a path leading elsewhere.
+            if not category or category in (".", "..") or "/" in category or "\\" in category:
+                problems.append(f"CATEGORIES entries must be plain folder names, got {category!r}")
         if problems:
-            raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+            raise ConfigError("Invalid configuration: " + "; ".join(problems) + ".")
 
     @classmethod
     def from_constants(cls, namespace: Mapping[str, Any]) -> "Config":
@@ -103,27 +118,25 @@ def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
-
-
 def apply_overrides(config: Config, argv: Sequence[str]) -> Config:
     """Apply ``--NAME=value`` arguments (NAME case-insensitive) to ``config``.
 
     Lists are comma-separated (``--CATEGORIES=can,fabric``); booleans are ``true``/``false``
     (a bare ``--NAME`` means true for a boolean). Unknown names, malformed arguments and
-    values of the wrong type raise ``ConfigError`` listing the valid names.
+    values of the wrong type raise ``ConfigError``.
     """
     hints = typing.get_type_hints(Config)
     by_lower = {name.lower(): name for name in hints}
     changes: dict[str, Any] = {}
     for argument in argv:
         if not argument.startswith("--"):
-            raise ConfigError(f"Unexpected argument {argument!r}: expected --NAME=value. {_valid_names()}")
+            raise ConfigError(f"Unexpected argument {argument!r}: expected --NAME=value; see --help.")
         key, has_value, raw = argument[2:].partition("=")
         name = by_lower.get(key.lower())
         if name is None:
-            raise ConfigError(f"Unknown setting {key!r} in {argument!r}. {_valid_names()}")
+            close = difflib.get_close_matches(key.upper(), list(hints), n=1)
+            suggestion = f" Did you mean --{close[0]}?" if close else ""
+            raise ConfigError(f"Unknown setting {key!r} in {argument!r}.{suggestion} See --help for every setting.")
         if not has_value:
             if hints[name] is not bool:
                 raise ConfigError(f"{argument!r} needs a value: --{name}=<{_type_name(hints[name])}>")
@@ -141,7 +154,14 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
     return _parse_scalar(name, raw, annotation)
 
 
-def _parse_scalar(name: str, raw: str, kind: type) -> Any:
+def _parse_scalar(name: str, raw: str, kind: Any) -> Any:
+    if isinstance(kind, types.UnionType):  # int | str: the first type that parses the value
+        for option in typing.get_args(kind):
+            try:
+                return _parse_scalar(name, raw, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"--{name}={raw!r} is not a valid {_type_name(kind)}")
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -159,7 +179,70 @@ def _type_name(annotation: Any) -> str:
     return {bool: "true/false"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
-def _valid_names() -> str:
+HELP_FLAGS = ("-h", "--help")
+_RULE = "# ---"  # the lines that open and close the constants block
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(argument in HELP_FLAGS for argument in argv)
+
+
+def documented_settings(source: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``[(group, [(NAME, meaning)])]`` from the constants block of a script's source text.
+
+    Groups are the block's full-line comments at column 0 (``# Data``); a constant's meaning is
+    its trailing comment plus the indented comment-only lines below it (their continuation).
+    Tokenizing, rather than matching lines, keeps a ``#`` inside a string value out of the meaning.
+    """
+    groups: list[tuple[str, list[tuple[str, str]]]] = []
+    rules_seen = 0
+    last_code_line = 0  # the last line holding code; a comment after it on the same line is trailing
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            text = token.string.lstrip("#").strip()
+            if token.string.startswith(_RULE):
+                rules_seen += 1
+                if rules_seen == 3:  # end of the block
+                    break
+            elif rules_seen == 2 and token.start[1] == 0:
+                groups.append((text, []))
+            elif rules_seen == 2 and groups and groups[-1][1]:
+                entries = groups[-1][1]
+                name, meaning = entries[-1]
+                # On the constant's own line: its meaning; on a line of its own: a continuation.
+                entries[-1] = (name, text if token.start[0] == last_code_line else f"{meaning} {text}".strip())
+        elif rules_seen == 2 and token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            last_code_line = token.end[0]
+            if token.type == tokenize.NAME and token.start[1] == 0 and groups and token.string.isupper():
+                groups[-1][1].append((token.string, ""))
+    return groups
+
+
+def settings_help(source: str, defaults: "Config", prog: str, usage: str = "") -> str:
+    """The ``--help`` text: every setting by group, with its type, default and meaning.
+
+    ``source``: the text of the script holding the constants block (the one source of the
+    meanings); ``defaults``: the values to show; ``usage``: extra lines printed after the usage line.
+    """
     hints = typing.get_type_hints(Config)
-    listing = ", ".join(f"{name} ({_type_name(kind)})" for name, kind in hints.items())
-    return f"Valid settings: {listing}"
+    lines = [f"usage: {prog} [--NAME=value ...] [--demo] [-h | --help]", *([usage] if usage else []), "",
+             "Every setting below is a constant at the top of anomaly_vfm_v11_lora.py; override it as --NAME=value",
+             "(NAME case-insensitive, lists comma-separated, booleans true/false; a bare --NAME means true).", ""]
+    for group, entries in documented_settings(source):
+        lines.append(f"{group}:")
+        for name, meaning in entries:
+            if name not in hints:
+                continue
+            default = _setting_text(getattr(defaults, name))
+            lines.append(f"  --{name}={default}  ({_type_name(hints[name])})")
+            lines.append(textwrap.fill(meaning, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return '""' if value == "" else str(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,8 +23,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _create_unique(folder: Path, stem: str, suffix: str) -> Path:
+    """An empty new file in ``folder``, created with mode 0o666 so the kernel applies the process umask
+    (results are meant to be shared; ``mkstemp`` would make them 0600)."""
+    while True:
+        candidate = folder / f".{stem}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
 
 
 @contextmanager
@@ -32,11 +40,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
+    temporary = _create_unique(path.parent, path.stem, path.suffix)
     try:
-        yield Path(temporary)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
+        yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -93,11 +99,16 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def saved_precision(anomaly_map: np.ndarray) -> np.ndarray:
+    """The values a map has once saved (float16, clipped to its range so nothing becomes inf), as float32."""
+    return np.clip(anomaly_map, -65504, 65504).astype(np.float16).astype(np.float32)
+
+
 def write_map_tiff(path: Path, anomaly_map: np.ndarray) -> None:
     """``[H, W]`` map -> single-channel float16 TIFF (the official MVTec AD 2 upload format)."""
     if anomaly_map.ndim != 2:
         raise ValueError(f"anomaly map must be 2-D [H, W], got shape {anomaly_map.shape} for {path}")
-    values = np.clip(anomaly_map, -65504, 65504).astype(np.float16)  # float16 range; avoids inf
+    values = saved_precision(anomaly_map).astype(np.float16)
     with atomic_path(path) as temporary:
         tifffile.imwrite(temporary, values, photometric="minisblack")
 

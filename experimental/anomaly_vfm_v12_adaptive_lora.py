@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 from anomalyvfm.config import Config  # noqa: E402
-from anomalyvfm.pipeline import Method  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
 
 MIN_RANK, MAX_RANK = 4, 64
 

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import anomaly_vfm_v11_lora as v11  # noqa: E402
-from anomalyvfm.pipeline import Method  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
 
 FLOOR = 0.5
 

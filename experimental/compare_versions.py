@@ -1,4 +1,4 @@
-"""Run v1.1-v1.4 on the same data and backbone and write a version table (CSV + Markdown).
+r"""Run v1.1-v1.4 on the same data and backbone and write a version table (CSV + Markdown).
 
     python experimental/compare_versions.py --DATA_ROOT=../shared/datasets/magtile_ad2 \
         --CATEGORIES=magtile --BACKBONE=../shared/models/dinov2-small-imgfocus --IMAGE_SIZE=224
@@ -25,9 +25,10 @@ from anomaly_vfm_v12_adaptive_lora import AdaptiveLoRA  # noqa: E402
 from anomaly_vfm_v13_multiscale_lora import MultiScaleLoRA  # noqa: E402
 from anomaly_vfm_v14_attention_guided_lora import AttentionGuidedLoRA  # noqa: E402
 from anomalyvfm import model_io  # noqa: E402
-from anomalyvfm.config import Config  # noqa: E402
-from anomalyvfm.pipeline import Method, run  # noqa: E402
-from anomalyvfm.reporting import mean_metrics  # noqa: E402
+from anomalyvfm.config import Config, wants_help  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
+from anomalyvfm.pipeline import run  # noqa: E402
+from anomalyvfm.reporting import mean_metrics, total_metrics  # noqa: E402
 
 VERSIONS: dict[str, Method] = {"v1.1": Method(), "v1.2 adaptive LoRA": AdaptiveLoRA(),
                                "v1.3 multi-scale LoRA": MultiScaleLoRA(),
@@ -45,7 +46,7 @@ def compare(config: Config, versions: dict[str, Method] = VERSIONS, **options) -
         per_category = run(config.replace(RESULTS_DIR=str(folder)), method, **options)
         mean = mean_metrics(per_category)
         rows.append({"version": name, "image_auroc": mean["image_auroc"], "au_pro_0.05": mean["au_pro_0.05"],
-                     "seg_f1": mean["seg_f1"], "seconds": mean["seconds"],
+                     "seg_f1": mean["seg_f1"], "seconds": total_metrics(per_category)["seconds"],
                      "wall_seconds": time.perf_counter() - start})
     write_tables(base, rows, config)
     return rows
@@ -70,6 +71,9 @@ def write_tables(folder: Path, rows: list[dict], config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(argv):
+        print(v11.help_text(Path(__file__).name, usage=__doc__.strip()))
+        return 0
     try:
         config = v11.build_config(argv)
     except ValueError as error:

@@ -77,3 +77,13 @@ def reference_seg_f1(maps, masks, threshold: float) -> float:
             fp += predicted and not defect
             fn += defect and not predicted
     return 2 * tp / (2 * tp + fp + fn)
+
+
+def reference_f1_optimal_threshold(maps, masks) -> tuple[float, float]:
+    """``(F1, threshold)``: ``reference_seg_f1`` at every distinct score, ascending; a tie keeps the lower threshold."""
+    best_f1, best_threshold = -1.0, float("nan")
+    for threshold in sorted({float(v) for m in maps for v in np.asarray(m, dtype=np.float64).ravel()}):
+        f1 = reference_seg_f1(maps, masks, threshold)
+        if f1 > best_f1:
+            best_f1, best_threshold = f1, threshold
+    return best_f1, best_threshold

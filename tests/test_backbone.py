@@ -1,11 +1,14 @@
 """Preprocessing, the frozen feature extractor and backbone loading errors."""
 
+import socket
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from anomalyvfm.backbone import (BackboneError, FeatureExtractor, _SameSizeBatches, load_backbone, normalize,
-                                 target_size, to_input)
+from anomalyvfm.backbone import (BackboneError, FeatureExtractor, _SameSizeBatches, hub_reachable, load_backbone,
+                                 normalize, target_size, to_input)
 
 
 @pytest.mark.parametrize("height, width, expected", [
@@ -24,6 +27,16 @@ def test_to_input_resizes_to_range_zero_one():
     tensor = to_input(image, (56, 112))
     assert tensor.shape == (3, 56, 112) and tensor.dtype == torch.float32
     assert tensor[:, :, :50].max() == 0.0 and tensor[:, :, 60:].min() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape, size", [((300, 410, 3), (112, 154)), ((20, 36, 3), (56, 98))])
+def test_to_input_resizing_uint8_stays_within_a_grey_level_of_resizing_floats(shape, size):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    floats = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None]
+    expected = torch.nn.functional.interpolate(floats, size=size, mode="bilinear", antialias=True,
+                                               align_corners=False)[0].clamp(0, 1)
+    result = to_input(image, size)
+    assert result.is_contiguous() and (result - expected).abs().max() <= 1.01 / 255
 
 
 def test_normalize_uses_imagenet_statistics():
@@ -51,16 +64,125 @@ def test_extractor_is_frozen_and_dimensions_come_from_the_checkpoint(tiny_backbo
         FeatureExtractor(tiny_backbone, [3])
 
 
+@pytest.fixture(scope="module")
+def four_block_backbone():
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
+                          patch_size=14)
+    return Dinov2Model(config).eval()
+
+
+def _reference_features(backbone, layers, pixels, attention):
+    """Today's path: every block, every hidden state, attentions from the model's own outputs."""
+    with torch.inference_mode():
+        output = backbone(pixel_values=pixels, output_hidden_states=True, output_attentions=attention)
+        tokens = torch.stack([backbone.layernorm(output.hidden_states[layer]) for layer in layers]).mean(0)
+        weights = output.attentions[-1].mean(1)[:, 0, 1:] if attention else None
+    return tokens, weights
+
+
+def _blocks_run(backbone, extractor, pixels):
+    calls = []
+    hooks = [block.register_forward_hook(lambda *_: calls.append(1)) for block in backbone.encoder.layer]
+    try:
+        features = extractor(pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return features, len(calls)
+
+
+@pytest.mark.parametrize("layers", [[1, 2], [2], [2, 1, 2]])
+def test_extractor_stops_after_the_deepest_layer_with_identical_features(four_block_backbone, layers):
+    pixels = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(1))
+    tokens, _ = _reference_features(four_block_backbone, layers, pixels, attention=False)
+    features, blocks = _blocks_run(four_block_backbone, FeatureExtractor(four_block_backbone, layers), pixels)
+    assert blocks == max(layers) < 4
+    assert torch.allclose(features.cls, tokens[:, 0], atol=1e-5)
+    assert torch.allclose(features.patches, tokens[:, 1:].reshape(2, 3, 4, -1), atol=1e-5)
+    _, full = _blocks_run(four_block_backbone, FeatureExtractor(four_block_backbone, layers, full_depth=True), pixels)
+    assert full == 4
+
+
+def test_extractor_with_attention_runs_every_block_and_returns_the_last_blocks_attention():
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    backbone = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, mlp_ratio=2,
+                                        image_size=56, patch_size=14)).eval()
+    extractor = FeatureExtractor(backbone, [1], attention=True)  # switches the backbone to eager attention
+    pixels = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(2))
+    tokens, weights = _reference_features(backbone, [1], pixels, attention=True)
+    features, blocks = _blocks_run(backbone, extractor, pixels)
+    assert blocks == 3
+    assert torch.allclose(features.patches, tokens[:, 1:].reshape(2, 3, 4, -1), atol=1e-5)
+    assert torch.allclose(features.attention, weights.reshape(2, 3, 4), atol=1e-5)
+
+
 def test_loading_a_folder_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(BackboneError, match="without config.json"):
         load_backbone(str(tmp_path))
 
 
-def test_offline_missing_hub_model_says_how_to_get_it(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+class FakeHub:
+    """Stands in for ``Dinov2Model.from_pretrained``: nothing is cached, any download attempt is recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, name, **options):
+        self.calls.append(options)
+        raise OSError(f"{name} is not in the cache" if options.get("local_files_only") else "connection refused")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from transformers import Dinov2Model
+
+    hub = FakeHub()
+    monkeypatch.setattr(Dinov2Model, "from_pretrained", hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return hub
+
+
+def _refuse(*args, **kwargs):
+    raise ConnectionRefusedError("no network in tests")
+
+
+def test_unreachable_hub_fails_fast_with_one_message_and_no_download(fake_hub, monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    start = time.perf_counter()
     with pytest.raises(BackboneError) as error:
-        load_backbone("facebook/dinov2-does-not-exist")
-    assert "download it once" in str(error.value) and "--BACKBONE=" in str(error.value)
+        load_backbone("facebook/dinov2-base")
+    assert time.perf_counter() - start < 3
+    assert fake_hub.calls == [{"local_files_only": True}]  # the cache only; no download, no retries
+    message = str(error.value)
+    assert "cannot be reached" in message and "--BACKBONE=<local folder>" in message
+    assert "Dinov2Model.from_pretrained('facebook/dinov2-base').save_pretrained(" in message
+    assert "HF_HUB_OFFLINE=1" in message
+
+
+def test_hf_hub_offline_skips_the_probe(fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    with pytest.raises(BackboneError, match="HF_HUB_OFFLINE=1 is set"):
+        load_backbone("facebook/dinov2-base")
+    assert fake_hub.calls == [{"local_files_only": True}]
+
+
+def test_reachable_hub_downloads_once_and_a_failure_still_gives_the_advice(fake_hub, monkeypatch):
+    monkeypatch.setattr("anomalyvfm.backbone.hub_reachable", lambda: True)
+    with pytest.raises(BackboneError, match="connection refused") as error:
+        load_backbone("facebook/dinov2-base")
+    assert fake_hub.calls == [{"local_files_only": True}, {}]
+    assert "--BACKBONE=<local folder>" in str(error.value)
+
+
+def test_hub_probe_is_false_when_the_connection_fails(monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    assert hub_reachable() is False
 
 
 def test_local_checkpoint_folder_loads(tiny_backbone, tmp_path):

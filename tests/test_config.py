@@ -1,9 +1,12 @@
-"""Strict --NAME=value overrides and the validation of constants."""
+"""Strict --NAME=value overrides, the validation of constants and the --help text."""
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 
 import anomaly_vfm_v11_lora as script
-from anomalyvfm.config import Config, ConfigError, apply_overrides
+from anomalyvfm.config import Config, ConfigError, apply_overrides, documented_settings, settings_help
 
 
 def test_defaults_come_from_the_script_constants():
@@ -32,12 +35,17 @@ def test_overrides_parse_types_case_insensitively():
     ("IMAGE_SIZE=224", "expected --NAME=value"),
     ("--IMAGE_SIZE", "needs a value"),
 ])
-def test_bad_overrides_are_errors_that_list_valid_names(argument, fragment):
+def test_bad_overrides_are_short_errors_pointing_at_help(argument, fragment):
     with pytest.raises(ConfigError) as error:
         apply_overrides(script.default_config(), [argument])
     assert fragment in str(error.value)
     if "Unknown" in fragment or "expected" in fragment:
-        assert "Valid settings:" in str(error.value) and "IMAGE_SIZE (int)" in str(error.value)
+        assert "see --help" in str(error.value).lower() and "LORA_RANK" not in str(error.value)
+
+
+def test_a_near_miss_suggests_the_setting():
+    with pytest.raises(ConfigError, match="Did you mean --IMAGE_SIZE"):
+        apply_overrides(script.default_config(), ["--imagesize=224"])
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -67,4 +75,63 @@ def test_demo_flag_sets_demo_data_but_command_line_wins():
 
 def test_main_reports_config_errors_with_exit_code_2(capsys):
     assert script.main(["--NOPE=1"]) == 2
-    assert "Unknown setting 'NOPE'" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "Unknown setting 'NOPE'" in error and "See --help" in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argument, expected", [("--NUM_WORKERS=auto", "auto"), ("--NUM_WORKERS=3", 3)])
+def test_num_workers_is_auto_or_a_count(argument, expected):
+    assert apply_overrides(script.default_config(), [argument]).NUM_WORKERS == expected
+
+
+@pytest.mark.parametrize("value", ["lots", -1, 1.5])
+def test_num_workers_rejects_anything_else(value):
+    with pytest.raises(ConfigError, match="NUM_WORKERS must be 'auto' or an integer >= 0"):
+        script.default_config().replace(NUM_WORKERS=value)
+
+
+SOURCE = """# ------
+# Configuration header, not a group
+# ------
+# Paths
+ROOT = "a#b"          # where the data is
+NAMES = ["x"]         # which folders;
+                      # comma-separated on the command line
+# Numbers
+SIZE = 3              # pixels
+# ------
+AFTER = 1             # outside the block
+"""
+
+
+def test_documented_settings_reads_groups_meanings_and_continuations():
+    assert documented_settings(SOURCE) == [
+        ("Paths", [("ROOT", "where the data is"), ("NAMES", "which folders; comma-separated on the command line")]),
+        ("Numbers", [("SIZE", "pixels")])]
+
+
+def test_every_setting_of_the_script_is_documented_in_its_constants_block():
+    groups = documented_settings(Path(script.__file__).read_text(encoding="utf-8"))
+    assert [group for group, _ in groups] == ["Data", "Backbone", "LoRA heads and their training", "Scoring",
+                                              "Outputs and modes"]
+    documented = {name: meaning for _, entries in groups for name, meaning in entries}
+    assert list(documented) == [f.name for f in dataclasses.fields(Config)]
+    assert all(documented.values())
+    assert documented["FEATURE_LAYERS"].endswith("far better than the last (docs/Feature_Layers.md)")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_shows_every_setting_with_its_default_and_exits_0(flag, capsys):
+    assert script.main([flag, "--NOPE=1"]) == 0
+    text = capsys.readouterr().out
+    assert "  --IMAGE_SIZE=448  (int)" in text and "  --CATEGORIES=can,fabric," in text
+    assert "shorter image side in pixels" in text and "\nScoring:\n" in text
+    for field in dataclasses.fields(Config):
+        assert f"  --{field.name}=" in text
+
+
+def test_help_shows_the_defaults_it_is_given():
+    defaults = script.default_config().replace(IMAGE_SIZE=224, PREDICT="")
+    text = settings_help(Path(script.__file__).read_text(encoding="utf-8"), defaults, "prog", "extra usage")
+    assert text.startswith("usage: prog ") and "extra usage" in text
+    assert "  --IMAGE_SIZE=224  (int)" in text and '  --PREDICT=""  (str)' in text

@@ -1,6 +1,7 @@
 """The experimental versions run end to end and differ from v1.1 only where they claim to."""
 
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,3 +108,12 @@ def test_compare_versions_writes_the_version_table(demo_root, tiny_backbone, tmp
     assert float(table[0]["image_auroc"]) == pytest.approx(rows[0]["image_auroc"], abs=1e-4)
     markdown = (tmp_path / "compare" / "versions.md").read_text()
     assert "| v1.2 adaptive LoRA |" in markdown and "AU-PRO@0.05" in markdown
+
+
+@pytest.mark.parametrize("script_name", ["anomaly_vfm_v12_adaptive_lora.py", "anomaly_vfm_v13_multiscale_lora.py",
+                                         "anomaly_vfm_v14_attention_guided_lora.py", "compare_versions.py"])
+def test_every_experimental_script_answers_help(script_name):
+    script_path = Path(__file__).resolve().parents[1] / "experimental" / script_name
+    done = subprocess.run([sys.executable, str(script_path), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"usage: {script_name}" in done.stdout and "  --IMAGE_SIZE=448  (int)" in done.stdout

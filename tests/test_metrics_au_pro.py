@@ -1,5 +1,7 @@
 """AU-PRO: hand-computed cases, the slow reference, streaming vs exact, paths, errors."""
 
+import math
+
 import numpy as np
 import pytest
 import tifffile
@@ -225,3 +227,15 @@ def test_other_misuse_raises():
         au_pro(["map.png"], [None])
     with pytest.raises(ValueError, match="2-D"):
         au_pro([np.zeros((2, 3, 4))], [None])
+
+
+def test_normalised_pro_area_interpolates_at_the_limit():
+    from anomalyvfm.metrics import normalised_pro_area
+
+    # PRO rises linearly to 1 at FPR 0.1: at 0.05 it is 0.5, so the normalised area is 0.25.
+    assert normalised_pro_area(np.array([0.0, 0.1]), np.array([0.0, 1.0]), 0.05) == pytest.approx(0.25)
+    assert normalised_pro_area(np.array([0.0, 0.05, 0.3]), np.array([1.0, 1.0, 1.0]), 0.05) == pytest.approx(1.0)
+    assert normalised_pro_area(np.array([0.0, 0.02, 0.1]), np.array([0.0, 0.4, 1.0]),
+                               0.06) == pytest.approx((0.02 * 0.2 + 0.04 * 0.55) / 0.06)
+    assert math.isnan(normalised_pro_area(np.array([0.0, 0.01]), np.array([0.0, 0.2]), 0.05))  # never reaches 0.05
+    assert math.isnan(normalised_pro_area(np.array([]), np.array([]), 0.05))

@@ -40,3 +40,22 @@ def test_key_follows_the_limit_and_lengths_are_checked():
     assert result == {"regular": {"image_auroc": 1.0, "au_pro_0.3": 1.0, "n_good": 1, "n_bad": 1}}
     with pytest.raises(ValueError, match="lightings=8, labels=7"):
         by_lighting(LIGHTINGS, LABELS[:7], SCORES, MAPS, MASKS)
+
+
+def test_seg_f1_per_group_at_the_given_threshold():
+    # At 0.5: regular TP 1 of 1 predicted, 1 defect -> 1; overexposed 7 predicted, none a defect -> 0;
+    # shift predicted 4 (good, all .5) + 1 + 1, TP 2, defect 2 -> 2*2 / (6 + 2) = 0.5; mixed: no defect -> NaN.
+    with pytest.warns(UndefinedMetricWarning, match="lighting group 'mixed': SegF1 is undefined"):
+        result = by_lighting(LIGHTINGS, LABELS, SCORES, MAPS, MASKS, threshold=0.5)
+    assert {group: values["seg_f1"] for group, values in result.items() if group != "mixed"} == {
+        "regular": 1.0, "overexposed": 0.0, "shift": 0.5}
+    assert np.isnan(result["mixed"]["seg_f1"])
+
+
+def test_only_shift_underscore_names_pool_into_shift():
+    # dataset_ad2.lighting_group is the one rule: "shifted" is not one of AD 2's shift_1..shift_4.
+    with pytest.warns(UndefinedMetricWarning, match="lighting group 'shifted'"):  # one bad image only
+        result = by_lighting(["shift_4", "shifted", "shift_1"], [0, 1, 1], [0.1, 0.9, 0.8], MAPS[:3],
+                             [None, CORNER, None])
+    assert list(result) == ["shift", "shifted"]
+    assert (result["shift"]["n_good"], result["shift"]["n_bad"]) == (1, 1)

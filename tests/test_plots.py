@@ -33,12 +33,12 @@ def test_roc_curves_for_many_categories_one_class_and_nan(tmp_path):
     path = plots.plot_roc_curves(tmp_path / "roc.png", {
         "can": (scores, labels), "fabric": labelled_scores(1), "rice": (np.ones(5), np.zeros(5, dtype=int))})
     assert path == tmp_path / "roc.png"
-    read_png(path, (780, 660))
+    read_png(path, (1020, 600))
 
 
 def test_roc_curves_without_any_usable_category(tmp_path):
     read_png(plots.plot_roc_curves(tmp_path / "roc.png", {"can": (np.full(4, np.nan), np.array([0, 0, 1, 1]))}),
-             (780, 660))
+             (1020, 600))
 
 
 def test_score_distributions_grid_sizes_and_edge_cases(tmp_path):
@@ -68,9 +68,40 @@ def test_sample_detections_downsample_a_large_wide_image(tmp_path):
          "anomaly_map": np.full((600, 400), np.nan, dtype=np.float32), "threshold": 0.5},
     ]
     path = plots.plot_sample_detections(tmp_path / "detections.png", examples)
-    # 4-inch panels: the 4:1 row is 4 x 0.25 + 0.3 inches tall, the portrait one 4 x 1.0 + 0.3.
-    read_png(path, (1584, 672))
+    # 4-inch panels: the 4:1 row is 4 x 0.25 + 0.45 inches tall, the portrait one 4 x 1.0 + 0.45, the footer 1.1.
+    read_png(path, (1488, 840))
     assert path.stat().st_size < 1_000_000
+
+
+def _red_pixels(pixels: np.ndarray) -> int:
+    red, green, blue = (pixels[..., channel].astype(int) for channel in range(3))
+    return int(((red > 200) & (green < 40) & (blue < 40)).sum())
+
+
+def test_a_map_wholly_above_the_threshold_gets_a_red_frame(tmp_path):
+    image = np.full((64, 64, 3), 128, dtype=np.uint8)
+    example = {"title": "can false alarm?", "image": image, "mask": None, "threshold": 1.0}
+    above = plots.plot_sample_detections(tmp_path / "above" / "d.png",
+                                         [example | {"anomaly_map": np.full((64, 64), 3.0, np.float32)}])
+    below = plots.plot_sample_detections(tmp_path / "below" / "d.png",
+                                         [example | {"anomaly_map": np.full((64, 64), 0.5, np.float32)}])
+    with Image.open(above) as framed, Image.open(below) as plain:
+        assert _red_pixels(np.asarray(framed)) > 500 + _red_pixels(np.asarray(plain))
+
+
+def test_synthetic_samples_accept_arrays_tensors_and_no_mask(tmp_path):
+    import torch
+
+    mask = np.zeros((32, 48), dtype=bool)
+    mask[8:20, 10:30] = True
+    samples = [{"image": np.full((32, 48, 3), 90, np.uint8), "mask": mask, "title": "photometric"},
+               {"image": torch.rand(3, 16, 24), "mask": mask, "title": "geometric: mask larger than the image"},
+               {"image": torch.rand(3, 16, 24), "mask": None, "title": "noise"},
+               {"image": np.full((32, 48, 3), 90, np.uint8), "mask": np.ones((32, 48), bool), "title": "all defect"},
+               {"image": np.full((32, 48, 3), 90, np.uint8), "mask": np.zeros((32, 48), bool), "title": "empty"}]
+    pixels = read_png(plots.plot_synthetic_samples(tmp_path / "s.png", samples), (1440, 816))
+    assert _red_pixels(pixels) > 100  # the mask outlines
+    read_png(plots.plot_synthetic_samples(tmp_path / "none" / "s.png", []), (360, 432))
 
 
 def test_sample_detections_many_rows_stay_within_the_pixel_budget(tmp_path):
@@ -103,22 +134,13 @@ def test_feature_analysis_projects_on_train_normal_pca(tmp_path):
     read_png(plots.plot_feature_analysis(tmp_path / "f.png", embeddings), (1440, 432))
 
 
-def test_au_pro_from_curve_interpolates_at_the_limit():
-    # PRO rises linearly to 1 at FPR 0.1: at 0.05 it is 0.5, so the normalised area is 0.25.
-    assert plots.au_pro_from_curve(np.array([0.0, 0.1]), np.array([0.0, 1.0])) == pytest.approx(0.25)
-    assert plots.au_pro_from_curve(np.array([0.0, 0.05, 0.3]), np.array([1.0, 1.0, 1.0])) == pytest.approx(1.0)
-    assert plots.au_pro_from_curve(np.array([0.0, 0.02, 0.04, 0.1]), np.array([0.0, 0.4, np.nan, 1.0]),
-                                   limit=0.06) == pytest.approx((0.02 * 0.2 + 0.04 * 0.55) / 0.06)
-    assert math.isnan(plots.au_pro_from_curve(np.array([0.0, 0.01]), np.array([0.0, 0.2])))  # never reaches 0.05
-    assert math.isnan(plots.au_pro_from_curve(np.array([]), np.array([])))
-
-
 def test_pro_curves_and_training_loss(tmp_path):
     fpr = np.linspace(0, 1, 101)
     curves = {"can": (fpr, np.sqrt(fpr)), "short": (np.array([0.0, 0.01]), np.array([0.0, 0.2])),
               "empty": (np.array([]), np.array([])), "nan": (fpr, np.full(101, np.nan))}
-    read_png(plots.plot_pro_curves(tmp_path / "pro" / "p.png", curves), (780, 660))
-    read_png(plots.plot_pro_curves(tmp_path / "pro_none" / "p.png", {}), (780, 660))
+    read_png(plots.plot_pro_curves(tmp_path / "pro" / "p.png", curves),
+             (1380, 552))
+    read_png(plots.plot_pro_curves(tmp_path / "pro_none" / "p.png", {}), (1380, 552))
     losses = {"can": [1.0, 0.5, 0.25], "single": [0.7], "reused": [], "nan": [math.nan]}
     read_png(plots.plot_training_loss(tmp_path / "loss" / "l.png", losses), (780, 540))
     read_png(plots.plot_training_loss(tmp_path / "loss_none" / "l.png", {}), (780, 540))

@@ -1,6 +1,7 @@
 """Gaussian and nearest-neighbour scorers, anomaly maps, score fusion."""
 
 import numpy as np
+import pytest
 import torch
 
 from anomalyvfm.scoring import GaussianScorer, NearestNeighbourScorer, ScoreFusion, anomaly_map, top_patch_score
@@ -42,6 +43,34 @@ def test_anomaly_map_has_original_size_and_peaks_at_the_anomalous_patch():
     assert full.shape == (300, 611) and full.dtype == np.float32
     row, column = np.unravel_index(full.argmax(), full.shape)
     assert 1 / 4 <= row / 300 < 2 / 4 and 6 / 8 <= column / 611 < 7 / 8
+
+
+def _reference_anomaly_map(grid, input_size, original_size):
+    """The torch implementation the OpenCV one replaced: bilinear, separable Gaussian (sigma 4), bilinear."""
+    import torch.nn.functional as F
+
+    radius = 12
+    kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / 4.0) ** 2)
+    kernel = kernel / kernel.sum()
+    image = F.interpolate(grid.float()[None, None], size=input_size, mode="bilinear", align_corners=False)
+    image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    image = F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return F.interpolate(image, size=original_size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+@pytest.mark.parametrize("grid_shape, original_size", [
+    ((16, 19), (2048, 2448)),   # AD 2 fabric at IMAGE_SIZE 224
+    ((16, 64), (1056, 4224)),   # sheet_metal
+    ((1, 1), (10, 12)),         # input smaller than the blur kernel, map smaller than the input
+    ((21, 16), (800, 600)),
+])
+def test_anomaly_map_equals_the_torch_reference(grid_shape, original_size):
+    grid = torch.rand(grid_shape, generator=torch.Generator().manual_seed(0)) * 10
+    input_size = (grid_shape[0] * 14, grid_shape[1] * 14)
+    expected = _reference_anomaly_map(grid, input_size, original_size)
+    result = anomaly_map(grid, input_size, original_size)
+    assert result.shape == original_size and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_top_patch_score_is_the_mean_of_the_top_percent():

@@ -6,6 +6,7 @@
   limits from one pass over the data: ``{limit: value}``.
 - ``pro_curve(maps, masks, *, num_bins=None)``: the whole curve ``(fpr, pro)``, FPR ascending,
   for plots.
+- ``normalised_pro_area(fpr, pro, limit)``: the AU-PRO area of a given curve (e.g. for plots).
 - ``DEFAULT_NUM_BINS``: a bin count for streaming AU-PRO (20 000) that agrees with the exact
   value within 1e-3 on realistic maps.
 - ``image_auroc(scores, labels)`` / ``image_ap(scores, labels)``: ROC AUC and average precision
@@ -18,8 +19,12 @@
   maps binarised at ``threshold`` (officially mean + 3 std of the validation maps).
 - ``mean_plus_k_std(values_or_maps, k=3.0)``: mean + k * population std over all values of an
   array or of a sequence of maps (streamed); the threshold of ClassF1 and SegF1.
-- ``by_lighting(lightings, labels, scores, maps, masks, ...)``: image AUROC and AU-PRO per
-  lighting group (regular, overexposed, underexposed, shift, others).
+- ``f1_optimal_threshold(maps, masks, *, num_bins=None)``: the pixel threshold maximising SegF1's
+  pooled pixel F1 on maps with defects, and that F1: ``(f1, threshold)``; exact, or streaming
+  over files with ``num_bins``.
+- ``by_lighting(lightings, labels, scores, maps, masks, ..., threshold=None)``: image AUROC and
+  AU-PRO per lighting group (regular, overexposed, underexposed, shift, others; the grouping of
+  ``dataset_ad2.lighting_group``), and SegF1 per group when a pixel ``threshold`` is given.
 - ``UndefinedMetricWarning``: emitted, with the reason, whenever a metric is undefined for the
   data and returns NaN (no defective or no good images, constant maps, empty input).
 
@@ -28,12 +33,13 @@ paths or None (a good image); paths are loaded one at a time. NaN or inf in a ma
 upstream and raises ValueError naming the image.
 """
 
-from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, au_pro, au_pro_multi, pro_curve
+from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, au_pro, au_pro_multi, normalised_pro_area, pro_curve
 from anomalyvfm.metrics.image_metrics import class_f1, f1_max, image_ap, image_auroc
 from anomalyvfm.metrics.lighting import by_lighting
 from anomalyvfm.metrics.seg_f1 import seg_f1
-from anomalyvfm.metrics.thresholds import mean_plus_k_std
+from anomalyvfm.metrics.thresholds import f1_optimal_threshold, mean_plus_k_std
 from anomalyvfm.metrics.undefined import UndefinedMetricWarning
 
 __all__ = ["DEFAULT_NUM_BINS", "UndefinedMetricWarning", "au_pro", "au_pro_multi", "by_lighting", "class_f1",
-           "f1_max", "image_ap", "image_auroc", "mean_plus_k_std", "pro_curve", "seg_f1"]
+           "f1_max", "f1_optimal_threshold", "image_ap", "image_auroc", "mean_plus_k_std", "normalised_pro_area",
+           "pro_curve", "seg_f1"]

@@ -156,6 +156,18 @@ def _normalised_area(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1])) / 2 / limit)
 
 
+def normalised_pro_area(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
+    """Area under a PRO curve for FPR in ``[fpr[0], limit]``, PRO interpolated at ``limit``, divided by ``limit``.
+
+    ``fpr``: ascending ``[K]``, ``pro``: ``[K]``, both finite. NaN when the curve is empty or does
+    not reach ``limit`` (as in MVTec's evaluation code, the area is not extrapolated).
+    """
+    fpr, pro = np.asarray(fpr, dtype=np.float64), np.asarray(pro, dtype=np.float64)
+    if not fpr.size or not fpr[0] <= limit <= fpr[-1]:
+        return float("nan")
+    return _normalised_area(fpr, pro, limit)
+
+
 def au_pro_multi(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource],
                  fpr_limits: Iterable[float] = (0.05, 0.3), *, num_bins: int | None = None) -> dict[float, float]:
     """AU-PRO for each limit in ``fpr_limits``, from one pass over the data: ``{limit: value}``.

@@ -11,26 +11,25 @@ from numpy.typing import ArrayLike
 from anomalyvfm.metrics._io import MapSource, MaskSource, check_lengths
 from anomalyvfm.metrics.au_pro import au_pro
 from anomalyvfm.metrics.image_metrics import image_auroc
+from anomalyvfm.metrics.seg_f1 import seg_f1
 from anomalyvfm.metrics.undefined import UndefinedMetricWarning
+from dataset_ad2 import lighting_group  # one grouping rule for the data layer and the metrics
 
 GROUP_ORDER = ("regular", "overexposed", "underexposed", "shift")
 
 
-def lighting_group(lighting: str) -> str:
-    """``shift_1`` .. ``shift_4`` -> ``shift``; every other name is its own group."""
-    return "shift" if lighting.startswith("shift") else lighting
-
-
 def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, anomaly_maps: Sequence[MapSource],
-                gt_masks: Sequence[MaskSource], *, fpr_limit: float = 0.05,
-                num_bins: int | None = None) -> dict[str, dict[str, float]]:
-    """Image AUROC and AU-PRO of each lighting group, computed on that group's test images only.
+                gt_masks: Sequence[MaskSource], *, fpr_limit: float = 0.05, num_bins: int | None = None,
+                threshold: float | None = None) -> dict[str, dict[str, float]]:
+    """Image AUROC and AU-PRO (and SegF1) of each lighting group, computed on that group's test images only.
 
     One entry per test image in every argument (``labels``/``scores`` ``[N]``, maps and masks as in
-    ``au_pro``). Groups: regular, overexposed, underexposed, shift (shift_1..shift_4 pooled), then
-    any other name present (e.g. mixed, unknown) as its own group, in order of first appearance.
-    Returns ``{group: {"image_auroc", f"au_pro_{fpr_limit:g}", "n_good", "n_bad"}}``; a metric a
-    group cannot define is NaN, and its UndefinedMetricWarning names the group.
+    ``au_pro``). Groups (``dataset_ad2.lighting_group``): regular, overexposed, underexposed, shift
+    (shift_1..shift_4 pooled), then any other name present (e.g. mixed, unknown) as its own group,
+    in order of first appearance. Returns ``{group: {"image_auroc", f"au_pro_{fpr_limit:g}",
+    "n_good", "n_bad"}}``, plus ``"seg_f1"`` (pixel F1 of the group's maps at ``threshold``, see
+    ``seg_f1``) when ``threshold`` is given. A metric a group cannot define is NaN, and its
+    UndefinedMetricWarning names the group.
     """
     check_lengths(lightings=lightings, labels=labels, scores=scores, anomaly_maps=anomaly_maps, gt_masks=gt_masks)
     labels, scores = np.asarray(labels), np.asarray(scores)
@@ -41,15 +40,17 @@ def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, 
     result = {}
     for group in order:
         chosen = members[group]
+        maps, masks = [anomaly_maps[i] for i in chosen], [gt_masks[i] for i in chosen]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UndefinedMetricWarning)
             result[group] = {
                 "image_auroc": image_auroc(scores[chosen], labels[chosen]),
-                f"au_pro_{fpr_limit:g}": au_pro([anomaly_maps[i] for i in chosen], [gt_masks[i] for i in chosen],
-                                                fpr_limit, num_bins=num_bins),
+                f"au_pro_{fpr_limit:g}": au_pro(maps, masks, fpr_limit, num_bins=num_bins),
                 "n_good": int(np.sum(labels[chosen] == 0)),
                 "n_bad": int(np.sum(labels[chosen] == 1)),
             }
+            if threshold is not None:
+                result[group]["seg_f1"] = seg_f1(maps, masks, threshold)
         for warning in caught:  # re-emit, naming the group
             warnings.warn(f"lighting group {group!r}: {warning.message}", warning.category, stacklevel=2)
     return result

@@ -1,0 +1,203 @@
+"""Fitting a category: backbone features, the heads and scorers of each scale, and raw distances.
+
+    train images -> backbone (once per image) -> synthetic samples -> heads training
+                 -> Gaussian / kNN fit on normal embeddings                      (``Runner.fit_scale``)
+    validation + test_public -> raw distances -> score fusion, thresholds,
+                 maps saved as float16 TIFF, scores.csv, model/              (``fit_category``)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import dataset_ad2
+from anomalyvfm import metrics, model_io, timing
+from anomalyvfm.backbone import FeatureExtractor, Features, autocast, iterate_images, load_backbone, normalize, to_input
+from anomalyvfm.config import Config
+from anomalyvfm.evaluate import map_path, write_scores_csv
+from anomalyvfm.heads import OUTPUT_DIM, StackedLoRAHeads, projection_base
+from anomalyvfm.method import Method
+from anomalyvfm.preflight import check_device
+from anomalyvfm.model import CategoryModel, RawScores, ScaleModel, fit_fusion, full_size_map, fused_scores, model_settings
+from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
+from anomalyvfm.synthetic import make_synthetic_samples
+from anomalyvfm.training import make_pairs, train_heads
+
+
+class Runner:
+    """Holds the backbone and device for a run; fits and scores categories."""
+
+    def __init__(self, config: Config, method: Method, *, backbone: torch.nn.Module | None = None,
+                 progress: bool = True) -> None:
+        self.config, self.method, self.progress = config, method, progress
+        self.device = check_device(config.DEVICE)
+        model = backbone if backbone is not None else load_backbone(config.BACKBONE)
+        # Checks FEATURE_LAYERS against the backbone's depth (BackboneError), before any fit.
+        self.extractor = FeatureExtractor(model, config.FEATURE_LAYERS, attention=method.needs_attention).to(self.device)
+
+    # -- backbone ---------------------------------------------------------------------------
+    def features(self, paths: Sequence[Path], image_size: int, desc: str) -> Iterator[tuple[list[int], Features]]:
+        """Backbone features of images on disk, batch by batch, with their indices."""
+        batches = iterate_images(paths, image_size, self.extractor.patch_size, batch_size=self.config.BATCH_SIZE,
+                                 num_workers=self.config.NUM_WORKERS)
+        with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=not self.progress or None) as bar:
+            while True:
+                with timing.stage("load"):
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                indices, images = batch
+                yield indices, self._forward(images)
+                bar.update(len(indices))
+
+    def _forward(self, images: torch.Tensor) -> Features:
+        with timing.stage("backbone"), autocast(self.device):
+            out = self.extractor(normalize(images.to(self.device)))
+        return Features(out.cls.float().cpu(), out.patches.float().cpu(),
+                        None if out.attention is None else out.attention.float().cpu())
+
+    def forward_tensors(self, images: Sequence[torch.Tensor]) -> list[Features]:
+        """Features of in-memory images ``[3, h, w]`` in [0, 1] (sizes may differ), one each."""
+        order: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            order.setdefault(tuple(image.shape), []).append(index)
+        out: list[Features | None] = [None] * len(images)
+        for members in order.values():
+            for start in range(0, len(members), self.config.BATCH_SIZE):
+                batch = members[start:start + self.config.BATCH_SIZE]
+                features = self._forward(torch.stack([images[i] for i in batch]))
+                for row, index in enumerate(batch):
+                    out[index] = Features(features.cls[row], features.patches[row])
+        return out  # type: ignore[return-value]
+
+    # -- fitting ----------------------------------------------------------------------------
+    def fit_scale(self, train: Sequence[dataset_ad2.Sample], image_size: int) -> ScaleModel:
+        """Backbone over the training images, synthetic samples, heads training, scorer fit."""
+        config, paths = self.config, [s.path for s in train]
+        cls_tokens = torch.zeros(len(train), self.extractor.dim)
+        patch_grids: list[torch.Tensor] = [torch.empty(0)] * len(train)
+        for indices, features in self.features(paths, image_size, f"features train @{image_size}"):
+            cls_tokens[indices] = features.cls
+            for row, index in enumerate(indices):
+                patch_grids[index] = features.patches[row].half()  # half: train grids are the run's largest memory
+        generator = torch.Generator().manual_seed(config.SEED)
+        normal_sample = _sample_tokens(patch_grids, MAX_FIT_TOKENS, generator)
+        rank, alpha = self.method.lora_shape(config, normal_sample)
+        heads = StackedLoRAHeads(self.extractor.dim, projection_base(normal_sample, self.extractor.dim, config.SEED),
+                                 rank=rank, alpha=alpha)
+        losses: list[float] = []
+        if config.EPOCHS > 0 and config.SYNTHETIC_SAMPLES > 0:
+            patch = self.extractor.patch_size
+            load = lambda i: to_input(dataset_ad2.load_image(paths[i]), tuple(patch_grids[i].shape[:2] * np.array(patch)))
+            with timing.stage("synthetic"):
+                samples = make_synthetic_samples(load, len(train), config.SYNTHETIC_SAMPLES, config.SEED)
+            synthetic = self.forward_tensors([s.image for s in samples])
+            with timing.stage("training"):
+                pairs = make_pairs(samples, torch.stack([f.cls for f in synthetic]), [f.patches for f in synthetic],
+                                   cls_tokens, patch_grids)
+                losses = train_heads(heads, pairs, normal_sample, epochs=config.EPOCHS, learning_rate=config.LEARNING_RATE,
+                                     batch_size=config.BATCH_SIZE, seed=config.SEED, device=self.device,
+                                     progress=self.progress)
+        heads.cpu().eval()
+        with timing.stage("fitting"):
+            # The one subsample of the Gaussian's fit tokens: at most MAX_FIT_TOKENS, so the scorer's own
+            # subsampling to the same limit leaves them as they are.
+            bank_limit = config.KNN_BANK_SIZE if config.SCORER == "knn" else MAX_FIT_TOKENS
+            fit_tokens = _sample_tokens(patch_grids, bank_limit or sum(g[..., 0].numel() for g in patch_grids), generator)
+            cls_scorer = fit_scorer(config.SCORER, heads.embed(cls_tokens), bank_size=0, seed=config.SEED)
+            patch_scorer = fit_scorer(config.SCORER, heads.embed(fit_tokens), bank_size=0, seed=config.SEED)
+        return ScaleModel(image_size, heads, cls_scorer, patch_scorer, losses=losses)
+
+    # -- scoring ----------------------------------------------------------------------------
+    def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str) -> RawScores:
+        """Per image: CLS distance, patch distance grid, input size and CLS embedding at one scale."""
+        cls_distances = np.zeros(len(paths))
+        grids: list[torch.Tensor] = [torch.empty(0)] * len(paths)
+        embeddings = np.zeros((len(paths), OUTPUT_DIM), dtype=np.float32)
+        for indices, features in self.features(paths, scale.image_size, desc):
+            with timing.stage("scoring"):
+                batch, gh, gw, dim = features.patches.shape
+                cls_embedding = scale.heads.embed(features.cls)
+                cls_distance = scale.cls_scorer.distances(cls_embedding)
+                distances = scale.patch_scorer.distances(scale.heads.embed(features.patches.reshape(-1, dim)))
+                distances = distances.reshape(batch, gh, gw)
+                for row, index in enumerate(indices):
+                    cls_distances[index] = float(cls_distance[row])
+                    attention = None if features.attention is None else features.attention[row]
+                    grids[index] = self.method.patch_distances(distances[row], float(cls_distance[row]), attention)
+                embeddings[indices] = cls_embedding.numpy()
+        sizes = [(g.shape[0] * self.extractor.patch_size, g.shape[1] * self.extractor.patch_size) for g in grids]
+        return RawScores(cls_distances, grids, sizes, embeddings)
+
+
+def raw_scores(runner: Runner, scales: Sequence[ScaleModel], paths: Sequence[Path], desc: str) -> list[RawScores]:
+    return [runner.raw_scores(scale, paths, f"{desc} @{scale.image_size}") for scale in scales]
+
+
+def _sample_tokens(grids: Sequence[torch.Tensor], limit: int, generator: torch.Generator) -> torch.Tensor:
+    """A seeded random subsample of at most ``limit`` patch tokens from ``[gh, gw, D]`` grids, as float32."""
+    counts = torch.tensor([g.shape[0] * g.shape[1] for g in grids])
+    total = int(counts.sum())
+    chosen = torch.randperm(total, generator=generator)[:limit].sort().values if limit < total else torch.arange(total)
+    starts = torch.cumsum(counts, 0) - counts
+    image_of = torch.searchsorted(torch.cumsum(counts, 0), chosen, right=True)
+    out = []
+    for image in image_of.unique().tolist():
+        local = chosen[image_of == image] - starts[image]
+        out.append(grids[image].reshape(-1, grids[image].shape[-1])[local].float())
+    return torch.cat(out)
+
+
+def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: Path, dataset_fingerprint: str,
+                 notes: list[str]) -> CategoryModel:
+    """Fit a category's model, score validation and test_public, and save everything under ``category_dir``.
+
+    Writes ``maps/``, ``scores.csv``, ``embeddings.npy``, ``model/`` and, last, ``fit.json``
+    (seconds, losses, and the fingerprint of the dataset listing the model was made from).
+    """
+    config, method = runner.config, runner.method
+    start = time.perf_counter()
+    torch.manual_seed(config.SEED)
+    validation = data.validation
+    if not validation:
+        notes.append(f"{data.name}: no validation/good images; thresholds and score fusion use the training "
+                     "images instead (biased low: expect more false alarms).")
+        validation = data.train
+    scales = [runner.fit_scale(data.train, size) for size in method.image_sizes(config)]
+    scored = list(validation) + list(data.test_public)
+    raws = raw_scores(runner, scales, [s.path for s in scored], "score")
+    n_val = len(validation)
+    for scale, raw in zip(scales, raws):
+        scale.fusion, problems = fit_fusion(raw.subset(range(n_val)))
+        notes += [f"{data.name} @{scale.image_size}: {problem}" for problem in problems]
+    image_scores = fused_scores(method, scales, raws)
+
+    rows = []
+    for index, sample in enumerate(tqdm(scored, desc="anomaly maps", unit="img", leave=False,
+                                        disable=not runner.progress or None)):
+        with timing.stage("maps"):
+            full = full_size_map(raws, index, dataset_ad2.image_size(sample.path))
+            model_io.write_map_tiff(map_path(category_dir, sample.relative_path), full)
+        rows.append({"relative_path": sample.relative_path, "split": "validation" if index < n_val else sample.split,
+                     "label": sample.label, "lighting": sample.lighting, "image_score": float(image_scores[index])})
+    write_scores_csv(category_dir / "scores.csv", rows)
+    embeddings = np.concatenate([raw.embeddings for raw in raws], axis=1)
+    with model_io.atomic_path(category_dir / "embeddings.npy") as temporary:
+        np.save(temporary, embeddings.astype(np.float16))
+
+    # Thresholds from the saved float16 maps: the precision every comparison with them uses.
+    val_maps = [map_path(category_dir, s.relative_path) for s in validation]
+    model = CategoryModel(data.name, scales, image_threshold=metrics.mean_plus_k_std(image_scores[:n_val]),
+                          pixel_threshold=metrics.mean_plus_k_std(val_maps), settings=model_settings(config, method))
+    model.save(category_dir / "model")
+    model_io.write_json_atomic(category_dir / "fit.json", {
+        "seconds": time.perf_counter() - start,
+        "losses": scales[0].losses if len(scales) == 1 else [s.losses for s in scales],
+        "dataset": dataset_fingerprint})
+    return model

@@ -1,0 +1,144 @@
+"""Rewrite the measured-number tables of the docs from benchmarks/*.json, so they cannot drift.
+
+    python benchmarks/render_tables.py           # rewrite every marked section
+    python benchmarks/render_tables.py --check   # exit 1 if a document is out of date
+
+A table lives between ``<!-- table:NAME -->`` and ``<!-- /table -->`` in README.md,
+docs/README_ja.md and docs/Benchmark.md; everything between the markers is replaced by
+TABLES[NAME] rendered from the JSON files beside this script:
+
+- latest.json (run_benchmark.py): speed, stages, AU-PRO methods, quality variants;
+- demo.json: the demo's measured wall time and numbers;
+- versions.json (compare_versions.py): v1.1-v1.4 side by side;
+- quality.json (optional): rows of dataset, image_size, method, image_auroc, au_pro_0.05,
+  au_pro_0.30, seg_f1, seconds; its section says so when the file does not exist yet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DOCUMENTS = (REPO / "README.md", REPO / "docs" / "README_ja.md", REPO / "docs" / "Benchmark.md")
+SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+
+
+def _load(name: str) -> dict | list | None:
+    path = HERE / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _shown_path(path: str) -> str:
+    """A path as the docs show it: relative to the repository's parent for ``shared/`` data, else its name."""
+    parts = Path(path).parts
+    if "shared" in parts:
+        return "/".join(("..", *parts[parts.index("shared"):]))
+    return Path(path).name if Path(path).is_absolute() else path
+
+
+def quality_variants() -> str:
+    report = _load("latest.json")
+    lines = [f"| method ({report['category']}, {_shown_path(report['backbone'])}, IMAGE_SIZE={report['image_size']}) "
+             "| image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | seconds |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in report["quality"].items():
+        m = row["metrics"]
+        lines.append(f"| {name} | {_fmt(m['image_auroc'])} | {_fmt(m['au_pro_0.05'])} | {_fmt(m['au_pro_0.30'])} | "
+                     f"{_fmt(m['seg_f1'])} | {row['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def benchmark() -> str:
+    report = _load("latest.json")
+    floor, pipe = report["floor"], report["pipeline"]
+    lines = [f"Machine: {report['machine']}. Data: {_shown_path(report['data_root'])} ({report['category']}), "
+             f"backbone {_shown_path(report['backbone'])}, IMAGE_SIZE={report['image_size']}, {report['date']}.", "",
+             "| measurement | seconds | images/s | peak RSS (MiB) |", "|---|---:|---:|---:|",
+             f"| backbone floor ({floor['images']} images) | {floor['seconds']:.1f} | {floor['images_per_second']:.2f} "
+             f"| {floor['peak_rss_mib']:.0f} |",
+             f"| full pipeline v1.1 | {pipe['seconds']:.1f} | {pipe['images'] / pipe['seconds']:.2f} "
+             f"| {pipe['peak_rss_mib']:.0f} |",
+             f"| **ratio pipeline / floor** | **{report['ratio']:.3f}** | | |", "",
+             "| stage | seconds | share |", "|---|---:|---:|"]
+    for name, seconds in sorted(pipe["stages"].items(), key=lambda item: -item[1]):
+        lines.append(f"| {name} | {seconds:.1f} | {seconds / pipe['seconds']:.1%} |")
+    lines += ["", "| AU-PRO case | method | seconds | peak RSS (MiB) | AU-PRO@0.05 |", "|---|---|---:|---:|---:|"]
+    for row in report["au_pro"]["rows"]:
+        lines.append(f"| {row['case']} | {row['method']} | {_fmt(row.get('seconds'), 2)} | "
+                     f"{_fmt(row.get('peak_rss_mib'), 0)} | {_fmt(row.get('au_pro'), 6)} |")
+    return "\n".join(lines)
+
+
+def demo() -> str:
+    report = _load("demo.json")
+    lines = [f"`{report['command']}`: {report['wall_seconds'] / 60:.0f} min on {report['machine']}.", "",
+             "| demo category | image AUROC | AU-PRO@0.05 | SegF1 |", "|---|---:|---:|---:|"]
+    for name, m in report["categories"].items():
+        lines.append(f"| {name} | {_fmt(m['image_auroc'])} | {_fmt(m['au_pro_0.05'])} | {_fmt(m['seg_f1'])} |")
+    return "\n".join(lines)
+
+
+def versions() -> str:
+    report = _load("versions.json")
+    lines = [f"Data: {report['data']}.", "", "| version | image AUROC | AU-PRO@0.05 | SegF1 | seconds (fit + score) |",
+             "|---|---:|---:|---:|---:|"]
+    for row in report["rows"]:
+        lines.append(f"| {row['version']} | {_fmt(row['image_auroc'])} | {_fmt(row['au_pro_0.05'])} | "
+                     f"{_fmt(row['seg_f1'])} | {row['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def quality_datasets() -> str:
+    rows = _load("quality.json")
+    if rows is None:
+        return "No `benchmarks/quality.json` yet: nothing measured across datasets and image sizes."
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    lines = ["| dataset | image size | method | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | seconds |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['dataset']} | {row['image_size']} | {row['method']} | {_fmt(row['image_auroc'])} | "
+                     f"{_fmt(row['au_pro_0.05'])} | {_fmt(row['au_pro_0.30'])} | {_fmt(row['seg_f1'])} | "
+                     f"{_fmt(row['seconds'], 1)} |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[], str]] = {"quality-variants": quality_variants, "benchmark": benchmark, "demo": demo,
+                                        "versions": versions, "quality-datasets": quality_datasets}
+
+
+def render(text: str) -> str:
+    """``text`` with every marked section replaced by its freshly rendered table."""
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in TABLES:
+            raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+        return f"{match.group(1)}{TABLES[name]()}\n{match.group(4)}"
+
+    return SECTION.sub(replace, text)
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        rendered = render(text)
+        if rendered != text:
+            stale.append(path.relative_to(REPO))
+            if not check:
+                path.write_text(rendered, encoding="utf-8")
+    if stale:
+        print(("out of date: " if check else "rewrote: ") + ", ".join(map(str, stale)))
+    return 1 if check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

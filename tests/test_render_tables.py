@@ -1,0 +1,45 @@
+"""The docs' tables of measured numbers are exactly what benchmarks/render_tables.py renders from benchmarks/*.json."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import render_tables  # noqa: E402
+
+
+@pytest.mark.parametrize("document", render_tables.DOCUMENTS, ids=lambda path: path.name)
+def test_committed_tables_equal_the_rendered_ones(document):
+    text = document.read_text(encoding="utf-8")
+    assert "<!-- table:" in text
+    assert render_tables.render(text) == text, "run: python benchmarks/render_tables.py"
+
+
+def test_render_replaces_only_marked_sections_and_rejects_unknown_tables():
+    text = "before\n<!-- table:demo -->\nstale | numbers\n<!-- /table -->\nafter\n"
+    rendered = render_tables.render(text)
+    assert rendered.startswith("before\n<!-- table:demo -->\n") and rendered.endswith("<!-- /table -->\nafter\n")
+    assert "stale" not in rendered and "| tiles |" in rendered
+    with pytest.raises(KeyError, match="unknown table"):
+        render_tables.render("<!-- table:nope -->\n<!-- /table -->")
+
+
+def test_quality_json_rows_are_rendered_when_present(monkeypatch):
+    rows = [{"dataset": "magtile", "image_size": 224, "method": "v1.1", "image_auroc": 0.85, "au_pro_0.05": 0.51,
+             "au_pro_0.30": 0.75, "seg_f1": 0.28, "seconds": 126.0}]
+    monkeypatch.setattr(render_tables, "_load", lambda name: {"rows": rows} if name == "quality.json" else None)
+    assert render_tables.quality_datasets().splitlines()[-1] == \
+        "| magtile | 224 | v1.1 | 0.8500 | 0.5100 | 0.7500 | 0.2800 | 126.0 |"
+
+
+def test_docs_show_no_absolute_paths_of_the_measuring_machine():
+    for document in render_tables.DOCUMENTS:
+        assert not re.search(r"(?<![\w.])/work/", document.read_text(encoding="utf-8")), document
+
+
+def test_readme_quick_start_fits_one_screen():
+    lines = (render_tables.REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert lines.index("## Contents") < 40 and lines.index("## Quick start") < 10
