@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-SCORERS = ("mahalanobis", "knn", "mahalanobis+knn")
+SCORERS = ("mahalanobis", "knn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

@@ -1,6 +1,7 @@
 """Fitting a category: backbone features, the heads and scorers of each scale, and raw distances.
 
-    train images -> backbone (once per image) -> synthetic samples -> heads training
+    train images -> backbone (once per image) -> illumination range
+                 -> synthetic samples (nuisance + pasted defect) -> heads training
                  -> Gaussian / kNN fit on normal embeddings                      (``Runner.fit_scale``)
     validation + test_public -> raw distances -> score fusion, thresholds,
                  maps saved as float16 TIFF, scores.csv, model/              (``fit_category``)
@@ -21,13 +22,14 @@ from anomalyvfm import metrics, model_io, timing
 from anomalyvfm.backbone import FeatureExtractor, Features, autocast, iterate_images, load_backbone, normalize, to_input
 from anomalyvfm.config import Config
 from anomalyvfm.evaluate import map_path, write_scores_csv
-from anomalyvfm.heads import OUTPUT_DIM, StackedLoRAHeads, projection_base
+from anomalyvfm.illumination import IlluminationRange, channel_stats
 from anomalyvfm.method import Method
 from anomalyvfm.preflight import check_device
 from anomalyvfm.model import CategoryModel, RawScores, ScaleModel, fit_fusion, full_size_map, fused_scores, model_settings
+from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens
 from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
-from anomalyvfm.synthetic import make_synthetic_samples
-from anomalyvfm.training import make_pairs, train_heads
+from anomalyvfm.synthetic import make_synthetic_samples, token_labels
+from anomalyvfm.training import make_training_tokens
 
 
 class Runner:
@@ -42,8 +44,11 @@ class Runner:
         self.extractor = FeatureExtractor(model, config.FEATURE_LAYERS, attention=method.needs_attention).to(self.device)
 
     # -- backbone ---------------------------------------------------------------------------
-    def features(self, paths: Sequence[Path], image_size: int, desc: str) -> Iterator[tuple[list[int], Features]]:
-        """Backbone features of images on disk, batch by batch, with their indices."""
+    def features(self, paths: Sequence[Path], image_size: int, desc: str,
+                 illumination: IlluminationRange | None = None
+                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, torch.Tensor]]]:
+        """Backbone features of images on disk, batch by batch, with their indices and the per-channel
+        mean and std ``[B, 3]`` each of the decoded inputs (before ``illumination`` projects them)."""
         batches = iterate_images(paths, image_size, self.extractor.patch_size, batch_size=self.config.BATCH_SIZE,
                                  num_workers=self.config.NUM_WORKERS)
         with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=not self.progress or None) as bar:
@@ -53,16 +58,19 @@ class Runner:
                 if batch is None:
                     return
                 indices, images = batch
-                yield indices, self._forward(images)
+                yield indices, self._forward(images, illumination), channel_stats(images)
                 bar.update(len(indices))
 
-    def _forward(self, images: torch.Tensor) -> Features:
+    def _forward(self, images: torch.Tensor, illumination: IlluminationRange | None) -> Features:
         with timing.stage("backbone"), autocast(self.device):
-            out = self.extractor(normalize(images.to(self.device)))
+            images = images.to(self.device)
+            if illumination is not None:
+                images = illumination.apply(images)
+            out = self.extractor(normalize(images))
         return Features(out.cls.float().cpu(), out.patches.float().cpu(),
                         None if out.attention is None else out.attention.float().cpu())
 
-    def forward_tensors(self, images: Sequence[torch.Tensor]) -> list[Features]:
+    def forward_tensors(self, images: Sequence[torch.Tensor], illumination: IlluminationRange | None) -> list[Features]:
         """Features of in-memory images ``[3, h, w]`` in [0, 1] (sizes may differ), one each."""
         order: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
@@ -71,56 +79,49 @@ class Runner:
         for members in order.values():
             for start in range(0, len(members), self.config.BATCH_SIZE):
                 batch = members[start:start + self.config.BATCH_SIZE]
-                features = self._forward(torch.stack([images[i] for i in batch]))
+                features = self._forward(torch.stack([images[i] for i in batch]), illumination)
                 for row, index in enumerate(batch):
                     out[index] = Features(features.cls[row], features.patches[row])
         return out  # type: ignore[return-value]
 
     # -- fitting ----------------------------------------------------------------------------
     def fit_scale(self, train: Sequence[dataset_ad2.Sample], image_size: int) -> ScaleModel:
-        """Backbone over the training images, synthetic samples, heads training, scorer fit."""
+        """Backbone over the training images, illumination range, synthetic samples, heads training, scorer fit."""
         config, paths = self.config, [s.path for s in train]
         cls_tokens = torch.zeros(len(train), self.extractor.dim)
+        means, stds = torch.zeros(len(train), 3), torch.zeros(len(train), 3)
         patch_grids: list[torch.Tensor] = [torch.empty(0)] * len(train)
-        for indices, features in self.features(paths, image_size, f"features train @{image_size}"):
-            cls_tokens[indices] = features.cls
+        for indices, features, (mean, std) in self.features(paths, image_size, f"features train @{image_size}"):
+            cls_tokens[indices], means[indices], stds[indices] = features.cls, mean, std
             for row, index in enumerate(indices):
                 patch_grids[index] = features.patches[row].half()  # half: train grids are the run's largest memory
-        generator = torch.Generator().manual_seed(config.SEED)
-        normal_sample = _sample_tokens(patch_grids, MAX_FIT_TOKENS, generator)
+        illumination = IlluminationRange.of(means, stds)
+        normal_sample = sample_tokens(patch_grids, MAX_FIT_TOKENS, config.SEED)
         rank, alpha = self.method.lora_shape(config, normal_sample)
-        heads = StackedLoRAHeads(self.extractor.dim, projection_base(normal_sample, self.extractor.dim, config.SEED),
-                                 rank=rank, alpha=alpha)
-        losses: list[float] = []
+        training = None
         if config.EPOCHS > 0 and config.SYNTHETIC_SAMPLES > 0:
             patch = self.extractor.patch_size
             load = lambda i: to_input(dataset_ad2.load_image(paths[i]), tuple(patch_grids[i].shape[:2] * np.array(patch)))
             with timing.stage("synthetic"):
                 samples = make_synthetic_samples(load, len(train), config.SYNTHETIC_SAMPLES, config.SEED)
-            synthetic = self.forward_tensors([s.image for s in samples])
-            with timing.stage("training"):
-                pairs = make_pairs(samples, torch.stack([f.cls for f in synthetic]), [f.patches for f in synthetic],
-                                   cls_tokens, patch_grids)
-                losses = train_heads(heads, pairs, normal_sample, epochs=config.EPOCHS, learning_rate=config.LEARNING_RATE,
-                                     batch_size=config.BATCH_SIZE, seed=config.SEED, device=self.device,
-                                     progress=self.progress)
-        heads.cpu().eval()
+            synthetic = self.forward_tensors([s.image for s in samples], illumination)
+            training = make_training_tokens([f.patches for f in synthetic], [token_labels(s.mask, patch) for s in samples])
+        with timing.stage("training"):
+            heads, patch_scorer, losses = fit_heads_and_scorer(
+                patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
+                heads=HeadSettings(rank, alpha, config.EPOCHS, config.LEARNING_RATE, config.BATCH_SIZE, config.SEED),
+                device=self.device, progress=self.progress)
         with timing.stage("fitting"):
-            # The one subsample of the Gaussian's fit tokens: at most MAX_FIT_TOKENS, so the scorer's own
-            # subsampling to the same limit leaves them as they are.
-            bank_limit = config.KNN_BANK_SIZE if config.SCORER == "knn" else MAX_FIT_TOKENS
-            fit_tokens = _sample_tokens(patch_grids, bank_limit or sum(g[..., 0].numel() for g in patch_grids), generator)
             cls_scorer = fit_scorer(config.SCORER, heads.embed(cls_tokens), bank_size=0, seed=config.SEED)
-            patch_scorer = fit_scorer(config.SCORER, heads.embed(fit_tokens), bank_size=0, seed=config.SEED)
-        return ScaleModel(image_size, heads, cls_scorer, patch_scorer, losses=losses)
+        return ScaleModel(image_size, heads, cls_scorer, patch_scorer, illumination, losses=losses)
 
     # -- scoring ----------------------------------------------------------------------------
     def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str) -> RawScores:
         """Per image: CLS distance, patch distance grid, input size and CLS embedding at one scale."""
         cls_distances = np.zeros(len(paths))
         grids: list[torch.Tensor] = [torch.empty(0)] * len(paths)
-        embeddings = np.zeros((len(paths), OUTPUT_DIM), dtype=np.float32)
-        for indices, features in self.features(paths, scale.image_size, desc):
+        embeddings = np.zeros((len(paths), self.extractor.dim), dtype=np.float32)
+        for indices, features, _ in self.features(paths, scale.image_size, desc, scale.illumination):
             with timing.stage("scoring"):
                 batch, gh, gw, dim = features.patches.shape
                 cls_embedding = scale.heads.embed(features.cls)
@@ -138,20 +139,6 @@ class Runner:
 
 def raw_scores(runner: Runner, scales: Sequence[ScaleModel], paths: Sequence[Path], desc: str) -> list[RawScores]:
     return [runner.raw_scores(scale, paths, f"{desc} @{scale.image_size}") for scale in scales]
-
-
-def _sample_tokens(grids: Sequence[torch.Tensor], limit: int, generator: torch.Generator) -> torch.Tensor:
-    """A seeded random subsample of at most ``limit`` patch tokens from ``[gh, gw, D]`` grids, as float32."""
-    counts = torch.tensor([g.shape[0] * g.shape[1] for g in grids])
-    total = int(counts.sum())
-    chosen = torch.randperm(total, generator=generator)[:limit].sort().values if limit < total else torch.arange(total)
-    starts = torch.cumsum(counts, 0) - counts
-    image_of = torch.searchsorted(torch.cumsum(counts, 0), chosen, right=True)
-    out = []
-    for image in image_of.unique().tolist():
-        local = chosen[image_of == image] - starts[image]
-        out.append(grids[image].reshape(-1, grids[image].shape[-1])[local].float())
-    return torch.cat(out)
 
 
 def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: Path, dataset_fingerprint: str,

@@ -27,6 +27,7 @@ class Method:
         return distances
 
     def image_score(self, cls_z: float, patch_z: float) -> float:
-        """Fuse the standardised CLS and top-patch distances into the image score (v1.1: their mean,
-        as ``ScoreFusion``; the benchmark's CLS-only baseline overrides it)."""
-        return 0.5 * (cls_z + patch_z)
+        """The image score from the standardised CLS and top-patch distances. v1.1: the top-patch term
+        alone. The global CLS term follows the lighting, not the defect: under AD 2's lighting changes
+        it moves every image's score (issue 14's measurements; docs/Heads_and_Scoring.md)."""
+        return patch_z

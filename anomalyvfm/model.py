@@ -27,6 +27,7 @@ from anomalyvfm import __version__, model_io
 from anomalyvfm.config import SCORERS, Config
 from anomalyvfm.errors import PipelineError
 from anomalyvfm.heads import StackedLoRAHeads
+from anomalyvfm.illumination import IlluminationRange
 from anomalyvfm.method import Method
 from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, scorer_from_state, top_patch_score
 
@@ -55,6 +56,7 @@ class ScaleModel:
     heads: StackedLoRAHeads
     cls_scorer: Scorer
     patch_scorer: Scorer
+    illumination: IlluminationRange
     fusion: ScoreFusion | None = None
     losses: list[float] = field(default_factory=list)
 
@@ -74,6 +76,7 @@ class CategoryModel:
             tensors = {f"heads.{name}": value for name, value in scale.heads.state_dict().items()}
             tensors |= {f"cls_scorer.{name}": value for name, value in scale.cls_scorer.state().items()}
             tensors |= {f"patch_scorer.{name}": value for name, value in scale.patch_scorer.state().items()}
+            tensors |= {f"illumination.{name}": value for name, value in scale.illumination.state().items()}
             model_io.save_tensors(folder / f"scale_{scale.image_size}.safetensors", tensors)
         model_io.write_json_atomic(folder / "model.json", {
             "category": self.category, "image_threshold": self.image_threshold,
@@ -94,16 +97,16 @@ class CategoryModel:
                 tensors = model_io.load_tensors(path)
                 part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                 head_state = part("heads.")
-                heads = StackedLoRAHeads(head_state["head1.base_weight"].shape[0], head_state["head3.base_weight"],
-                                         rank=entry["rank"], alpha=entry["alpha"])
+                heads = StackedLoRAHeads(head_state["head1.lora_A"].shape[1], rank=entry["rank"], alpha=entry["alpha"])
                 heads.load_state_dict(head_state)
                 kind = meta["settings"]["SCORER"]
                 cls_scorer = scorer_from_state(kind, part("cls_scorer."))
                 patch_scorer = scorer_from_state(kind, part("patch_scorer."))
+                illumination = IlluminationRange(**part("illumination."))
             except (KeyError, ValueError, RuntimeError, OSError) as error:
                 raise PipelineError(f"{path} is not a model file that matches {folder / 'model.json'} ({error}); "
                                     "refit the category (--FORCE=true).") from None
-            scales.append(ScaleModel(entry["image_size"], heads.eval(), cls_scorer, patch_scorer,
+            scales.append(ScaleModel(entry["image_size"], heads.eval(), cls_scorer, patch_scorer, illumination,
                                      ScoreFusion(**entry["fusion"])))
         return cls(meta["category"], scales, meta["image_threshold"], meta["pixel_threshold"], meta["settings"])
 
@@ -188,7 +191,7 @@ class RawScores:
     """One scale's unfused outputs over a list of images (see ``fit.Runner.raw_scores``).
 
     cls_distances ``[N]``; grids: per image ``[gh, gw]`` patch distances; input_sizes: per image
-    the network input ``(h, w)``; embeddings: CLS embeddings ``[N, heads.OUTPUT_DIM]``.
+    the network input ``(h, w)``; embeddings: CLS embeddings ``[N, D]``.
     """
 
     cls_distances: np.ndarray

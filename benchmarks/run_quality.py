@@ -40,7 +40,8 @@ import dataset_ad2  # noqa: E402
 import token_cache  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
-from anomalyvfm.patch_model import HeadSettings, fit_patch_model  # noqa: E402
+from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens  # noqa: E402
+from anomalyvfm.scoring import MAX_FIT_TOKENS  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, top_patch_score  # noqa: E402
 from anomalyvfm.synthetic import make_synthetic_samples, token_labels  # noqa: E402
 from anomalyvfm.training import make_training_tokens  # noqa: E402
@@ -59,17 +60,18 @@ def rows_for(defaults) -> dict[str, dict]:
         "Gaussian, trained heads": {"SCORER": "mahalanobis"},
         "Gaussian, trained heads, LR 1e-3": {"SCORER": "mahalanobis", "LEARNING_RATE": 1e-3},
         "kNN 20k bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "EPOCHS": 0},
-        "Gaussian+kNN, untrained heads": {"SCORER": "mahalanobis+knn", "EPOCHS": 0},
-        "Gaussian+kNN, trained heads": {"SCORER": "mahalanobis+knn"},
     }
 
 
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
                      seed: int, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Patch grids ``[gh, gw, D]`` and token labels ``[gh, gw]`` of the synthetic samples (cached)."""
+    import anomalyvfm.illumination as illumination_module
     import anomalyvfm.synthetic as synthetic_module
+    from anomalyvfm.illumination import IlluminationRange
 
-    recipe = hashlib.sha1(Path(synthetic_module.__file__).read_bytes()).hexdigest()[:10]
+    recipe = hashlib.sha1(Path(synthetic_module.__file__).read_bytes()
+                          + Path(illumination_module.__file__).read_bytes()).hexdigest()[:10]
     key = f"{train.samples[0].category}-{image_size}-{len(train.samples)}-{count}-{seed}-{recipe}"
     file = token_cache.CACHE_DIR / f"synthetic-{key}.pt"
     if file.is_file():
@@ -77,9 +79,10 @@ def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens
         return stored["patches"], stored["labels"]
     load = lambda i: to_input(dataset_ad2.load_image(train.samples[i].path), train.input_sizes[i])
     samples = make_synthetic_samples(load, len(train.samples), count, seed)
+    illumination = IlluminationRange.of(train.channel_mean, train.channel_std)  # as fit.Runner.fit_scale
     patches, labels = [], []
     for sample in samples:  # sizes may differ between images: one at a time keeps it simple
-        features = extractor(normalize(sample.image[None]))
+        features = extractor(normalize(illumination.apply(sample.image[None])))
         patches.append(features.patches[0].half())
         labels.append(token_labels(sample.mask, extractor.patch_size))
     token_cache.CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -92,16 +95,16 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], synthetic: tuple[li
     train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
     start = time.perf_counter()
     training = make_training_tokens(*synthetic) if synthetic is not None and settings.EPOCHS > 0 else None
-    model = fit_patch_model(train.patches, training, scorer=settings.SCORER, knn_bank_size=settings.KNN_BANK_SIZE,
-                            heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS,
-                                               settings.LEARNING_RATE, settings.BATCH_SIZE, settings.SEED),
-                            device=torch.device("cpu"))
+    normal_sample = sample_tokens(train.patches, MAX_FIT_TOKENS, settings.SEED)
+    heads, scorer, losses = fit_heads_and_scorer(
+        train.patches, normal_sample, training, scorer=settings.SCORER, knn_bank_size=settings.KNN_BANK_SIZE,
+        heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
+                           settings.BATCH_SIZE, settings.SEED), device=torch.device("cpu"))
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    model.calibrate(torch.cat([g.reshape(-1, g.shape[-1]).float() for g in validation.patches]))
 
     def grids(split: token_cache.SplitTokens) -> list[torch.Tensor]:
-        return [model.distances(g.reshape(-1, g.shape[-1]).float()).reshape(g.shape[:2]) for g in split.patches]
+        return [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2]) for g in split.patches]
 
     val_grids, test_grids = grids(validation), grids(test)
     score_seconds = time.perf_counter() - start
@@ -119,7 +122,7 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], synthetic: tuple[li
         return {"image_auroc": metrics.image_auroc(scores, labels), "image_ap": metrics.image_ap(scores, labels),
                 "au_pro_0.05": pro[0.05], "au_pro_0.30": pro[0.3], "seg_f1": metrics.seg_f1(test_maps, masks, threshold),
                 "fit_seconds": fit_seconds, "score_seconds": score_seconds, "map_seconds": map_seconds,
-                "losses": model.losses}
+                "losses": losses}
 
 
 def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(s) for s in args.image_sizes.split(",")):
             tokens = token_cache.load_or_compute(extractor, str(data_root), category, args.backbone, size,
                                                  defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE)
+            with torch.inference_mode():
+                tokens = token_cache.with_illumination_projection(extractor, tokens)
             synthetic = None
             for row in chosen_rows:
                 settings = defaults.replace(IMAGE_SIZE=size, **all_rows[row])

@@ -89,3 +89,32 @@ def load_or_compute(extractor, data_root: str, category: str, backbone_name: str
         log(f"cached {category} {split} @{image_size}: {len(paths)} images in {time.perf_counter() - start:.0f} s")
         out[split] = tokens
     return out
+
+
+def with_illumination_projection(extractor, tokens: dict[str, SplitTokens], *, batch_size: int = 8,
+                                 log=print) -> dict[str, SplitTokens]:
+    """The tokens the pipeline sees: validation and test images whose channel statistics fall outside
+    the training range are projected onto it (``anomalyvfm.illumination``) and run through the
+    backbone again; every other image keeps its cached tokens (the projection leaves it unchanged)."""
+    from anomalyvfm.backbone import normalize, to_input
+    from anomalyvfm.illumination import IlluminationRange, channel_stats
+
+    train = tokens["train"]
+    illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
+    out = {"train": train}
+    for split in ("validation", "test_public"):
+        cached = tokens[split]
+        low_mean, high_mean = illumination.mean_low, illumination.mean_high
+        low_std, high_std = illumination.std_low, illumination.std_high
+        outside = ((cached.channel_mean < low_mean) | (cached.channel_mean > high_mean)
+                   | (cached.channel_std < low_std) | (cached.channel_std > high_std)).any(-1)
+        patches, cls = list(cached.patches), cached.cls.clone()
+        for index in torch.nonzero(outside).flatten().tolist():
+            sample = cached.samples[index]
+            image = to_input(dataset_ad2.load_image(sample.path), cached.input_sizes[index])[None]
+            features = extractor(normalize(illumination.apply(image)))
+            patches[index], cls[index] = features.patches[0].half(), features.cls[0]
+        log(f"illumination: {int(outside.sum())} of {len(outside)} {split} images projected onto the training range")
+        out[split] = SplitTokens(cached.samples, cls, patches, cached.channel_mean, cached.channel_std,
+                                 cached.original_sizes, cached.input_sizes)
+    return out

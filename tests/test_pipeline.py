@@ -3,7 +3,6 @@ reruns that keep earlier results, prediction, export, evaluation from saved maps
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,7 @@ PLOTS = ("roc_curves.png", "anomaly_scores.png", "sample_detections.png", "featu
 def finished_run(demo_root, tiny_backbone, tmp_path_factory):
     """One full run on two demo categories, shared by the tests below (they only read it)."""
     config = tiny_config(demo_root, tmp_path_factory.mktemp("run") / "results")
-    start = time.perf_counter()
-    metrics = run(config, backbone=tiny_backbone, progress=False)
-    return config, metrics, time.perf_counter() - start
+    return config, run(config, backbone=tiny_backbone, progress=False)
 
 
 def tiny_config(demo_root: Path, results_dir: Path, **changes):
@@ -44,9 +41,8 @@ def _scores(path: Path) -> dict[str, float]:
 
 
 def test_run_writes_every_output_and_they_parse(finished_run):
-    config, metrics, seconds = finished_run
+    config, metrics = finished_run
     results = Path(config.RESULTS_DIR)
-    assert seconds < 60, f"end-to-end run on generated data took {seconds:.1f} s"
     document = json.loads((results / "metrics.json").read_text())
     assert set(document) == {"categories", "mean", "total", "config"}
     assert set(document["categories"]) == set(config.CATEGORIES)
@@ -84,7 +80,7 @@ def test_maps_have_the_original_size_and_the_model_files_are_safe(finished_run):
 
 
 def test_trained_heads_detect_demo_defects(finished_run):
-    _, metrics, _ = finished_run
+    _, metrics = finished_run
     # Even a tiny random backbone at 4x7 patches ranks the demo's defects above chance (deterministic:
     # seeded); the quality check with a real backbone is tests/test_integration_shared.py.
     assert np.mean([m["image_auroc"] for m in metrics.values()]) > 0.6
@@ -119,7 +115,7 @@ def test_rerun_keeps_earlier_results_and_skips_finished_categories(demo_root, ti
 
 
 def test_evaluate_only_recomputes_the_same_metrics_from_saved_maps(finished_run, tmp_path):
-    config, metrics, _ = finished_run
+    config, metrics = finished_run
     # Without any backbone: a run that needed one would fail to load "facebook/dinov2-base" offline.
     recomputed = run(config.replace(EVALUATE_ONLY=True), progress=False)
     for category in config.CATEGORIES:
