@@ -23,16 +23,17 @@ IMAGE_SIZE = 448                  # shorter image side in pixels, a multiple of 
 # LoRA heads and their training
 LORA_RANK = 16                    # rank of each head's low-rank update
 LORA_ALPHA = 32.0                 # the update is scaled by LORA_ALPHA / LORA_RANK
-EPOCHS = 10                       # passes over the synthetic samples; 0 keeps the heads untrained (their base maps)
-LEARNING_RATE = 1e-4              # AdamW; 1e-3 measured clearly worse (docs/Benchmark.md, "Measured results")
-SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds photometric / geometric / noise
+EPOCHS = 10                       # passes over the synthetic samples; 0 keeps the heads untrained (the identity)
+LEARNING_RATE = 1e-4              # AdamW (benchmarks/quality.md has a 1e-3 row)
+SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds lighting / pose / noise, 2/3 with a pasted defect
 BATCH_SIZE = 8                    # images per backbone batch and synthetic samples per training step
 NUM_WORKERS = "auto"              # processes decoding images while the backbone runs, kept for the whole run:
                                   # auto (min(4, cores - 1); 0 on one core) | 0 (in-process) | any count
 DEVICE = "auto"                   # auto | cpu | cuda | mps
 SEED = 0                          # same seed, same machine: identical scores
 # Scoring
-SCORER = "mahalanobis"            # mahalanobis (Gaussian, Ledoit-Wolf shrinkage) | knn (nearest normal patch)
+SCORER = "knn"                    # knn (cosine distance to the nearest normal patch) | mahalanobis (Gaussian,
+                                  # Ledoit-Wolf); knn localises better on every shared dataset (docs/Heads_and_Scoring.md)
 KNN_BANK_SIZE = 20000             # knn only: random subsample of the memory bank (0 keeps every normal patch);
                                   # the full bank costs far more than the backbone on a CPU (docs/Benchmark.md)
 # Outputs and modes

@@ -14,7 +14,8 @@ Rows: the current defaults of ``anomaly_vfm_v11_lora.py``; the same with untrain
 tokens); and the candidates that decided the defaults (docs/Heads_and_Scoring.md).
 Image score for every row: mean of the top 1 % patch distances. SegF1 threshold: validation
 maps' mean + 3 std (the AD 2 paper's baseline rule). Writes benchmarks/quality.json and
-benchmarks/quality.md.
+benchmarks/quality.md; rows already in quality.json for other datasets, sizes or rows are kept,
+so ``--rows`` / ``--datasets`` / ``--image-sizes`` can complete a table step by step.
 """
 
 from __future__ import annotations
@@ -214,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{dataset:12s} {size:4d} {row:32s} AUROC {fmt(result['image_auroc'])} "
                       f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
                       f"SegF1 {fmt(result['seg_f1'])} ({time.perf_counter() - start:.0f} s)", flush=True)
+    # Rows of earlier runs (other datasets, sizes or rows) are kept; rerun ones are replaced.
+    if args.output.is_file():
+        earlier = json.loads(args.output.read_text())["results"]
+        fresh = {(e["dataset"], e["image_size"], e["row"]) for e in results}
+        results = [e for e in earlier if (e["dataset"], e["image_size"], e["row"]) not in fresh] + results
+        results.sort(key=lambda e: (e["dataset"], e["image_size"], list(all_rows).index(e["row"])
+                                    if e["row"] in all_rows else len(all_rows)))
     report = {"backbone": os.path.relpath(Path(args.backbone).resolve(), ROOT) if Path(args.backbone).exists()
               else args.backbone,
               "feature_layers": defaults.FEATURE_LAYERS, "seed": defaults.SEED, "depth": depth,
