@@ -59,7 +59,7 @@ def rows_for(defaults) -> dict[str, dict]:
         "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0},
         "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
         "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
-        "Gaussian (trained heads, LR 1e-3)": {"SCORER": "mahalanobis", "LEARNING_RATE": 1e-3},
+        "Gaussian (trained heads; LR 1e-3)": {"SCORER": "mahalanobis", "LEARNING_RATE": 1e-3},
         "kNN 20k bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "EPOCHS": 0},
     }
 
