@@ -51,7 +51,7 @@ def cache_key(data_root: str, category: str, backbone: str, image_size: int, lay
 def load_or_compute(extractor, data_root: str, category: str, backbone_name: str, image_size: int,
                     layers: Sequence[int], *, batch_size: int = 8, log=print) -> dict[str, SplitTokens]:
     """``{split: SplitTokens}`` for train, validation and test_public, from the cache when present."""
-    from anomalyvfm.backbone import input_sizes, iterate_images, normalize
+    from anomalyvfm.backbone import iterate_images, normalize, target_size
     from anomalyvfm.illumination import channel_stats
 
     data = dataset_ad2.load_category(data_root, category)
@@ -69,7 +69,7 @@ def load_or_compute(extractor, data_root: str, category: str, backbone_name: str
                 continue
         start = time.perf_counter()
         paths = [s.path for s in samples]
-        sizes = input_sizes(paths, image_size, extractor.patch_size)
+        sizes = [target_size(*dataset_ad2.image_size(p), image_size, extractor.patch_size) for p in paths]
         cls = torch.zeros(len(paths), extractor.dim)
         patches: list[torch.Tensor] = [torch.empty(0)] * len(paths)
         means, stds = torch.zeros(len(paths), 3), torch.zeros(len(paths), 3)
