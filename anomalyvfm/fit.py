@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 import dataset_ad2
-from anomalyvfm import metrics, model_io, timing
+from anomalyvfm import metrics, model_io, plots, timing
 from anomalyvfm.backbone import FeatureExtractor, Features, autocast, iterate_images, load_backbone, normalize, to_input
 from anomalyvfm.config import Config
 from anomalyvfm.evaluate import map_path, write_scores_csv
@@ -30,6 +30,9 @@ from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_to
 from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
 from anomalyvfm.synthetic import make_synthetic_samples, token_labels
 from anomalyvfm.training import make_training_tokens
+
+
+PREVIEW_SAMPLES = 12  # synthetic samples shown in <category>/synthetic_samples.png
 
 
 class Runner:
@@ -113,7 +116,11 @@ class Runner:
                 device=self.device, progress=self.progress)
         with timing.stage("fitting"):
             cls_scorer = fit_scorer(config.SCORER, heads.embed(cls_tokens), bank_size=0, seed=config.SEED)
-        return ScaleModel(image_size, heads, cls_scorer, patch_scorer, illumination, losses=losses)
+        preview = [] if training is None else [
+            {"image": s.image, "mask": s.mask if s.defect else None, "title": f"{s.stage}{' + ' + s.defect if s.defect else ''}"}
+            for s in samples[::max(1, len(samples) // PREVIEW_SAMPLES)][:PREVIEW_SAMPLES]]
+        return ScaleModel(image_size, heads, cls_scorer, patch_scorer, illumination, losses=losses,
+                          synthetic_preview=preview)
 
     # -- scoring ----------------------------------------------------------------------------
     def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str) -> RawScores:
@@ -174,6 +181,8 @@ def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: P
         rows.append({"relative_path": sample.relative_path, "split": "validation" if index < n_val else sample.split,
                      "label": sample.label, "lighting": sample.lighting, "image_score": float(image_scores[index])})
     write_scores_csv(category_dir / "scores.csv", rows)
+    if scales[0].synthetic_preview:
+        plots.plot_synthetic_samples(category_dir / "synthetic_samples.png", scales[0].synthetic_preview)
     embeddings = np.concatenate([raw.embeddings for raw in raws], axis=1)
     with model_io.atomic_path(category_dir / "embeddings.npy") as temporary:
         np.save(temporary, embeddings.astype(np.float16))

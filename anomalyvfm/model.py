@@ -59,6 +59,8 @@ class ScaleModel:
     illumination: IlluminationRange
     fusion: ScoreFusion | None = None
     losses: list[float] = field(default_factory=list)
+    # A few synthetic training samples ({"image", "mask", "title"}) for synthetic_samples.png; not saved.
+    synthetic_preview: list[dict] = field(default_factory=list)
 
 
 @dataclass

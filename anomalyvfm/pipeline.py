@@ -83,14 +83,16 @@ def run(config: Config, method: Method | None = None, *, backbone: torch.nn.Modu
                     model = CategoryModel.load(category_dir / "model") if config.EXPORT_SUBMISSION else None
                     with timing.stage("metrics"):
                         outcome = evaluate_category(data, category_dir)
+                    outcome.metrics["reused"] = True  # its seconds are the original fit's, shown as such
                 if config.EXPORT_SUBMISSION and runner is not None:
                     export_submission(runner, model, data, results, notes)
             notes += [f"{category}: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning)]
             outcomes[category] = outcome
             m = outcome.metrics
-            log.info("%-12s image AUROC %.4f | AU-PRO@0.05 %.4f | SegF1 %.4f | %d train, %d good, %d bad | %.1f s",
+            log.info("%-12s image AUROC %.4f | AU-PRO@0.05 %.4f | SegF1 %.4f | %d train, %d good, %d bad | %s%.1f s",
                      category, m["image_auroc"], m["au_pro_0.05"], m["seg_f1"], m["n_train"], m["n_test_good"],
-                     m["n_test_bad"], m["seconds"] if m["seconds"] is not None else float("nan"))
+                     m["n_test_bad"], "reused, fit earlier in " if m.get("reused") else "",
+                     m["seconds"] if m["seconds"] is not None else float("nan"))
         with timing.stage("reports"):
             for category in categories.keys() - to_fit:  # fitted ones got theirs before publishing
                 model_io.write_json_atomic(results_dir / category / "metrics.json", outcomes[category].metrics)

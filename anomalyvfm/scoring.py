@@ -15,6 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.covariance import ledoit_wolf
 
 MAP_SIGMA = 4.0

@@ -10,17 +10,18 @@ from anomalyvfm import __version__, model_io, plots, reporting
 from anomalyvfm.config import Config
 from anomalyvfm.evaluate import CategoryOutcome, map_path, read_scores_csv
 from anomalyvfm.method import Method
+from anomalyvfm.preflight import check_device
 
 REPORT_FILES = ("performance_summary.txt", "results.csv", "metrics.json", "config.json", "roc_curves.png",
                 "anomaly_scores.png", "sample_detections.png", "feature_analysis.png", "pro_curves.png",
-                "training_loss.png")
+                "training_loss.png")  # report.html is written after these by the main script
 
 
 def write_reports(folder: Path, results_dir: Path, outcomes: dict[str, CategoryOutcome], config: Config,
                   method: Method, notes: list[str], skipped_files: list[tuple[str, str]], started: dt.datetime) -> None:
     """Write every file of ``REPORT_FILES`` into ``folder``; category results are read from ``results_dir``."""
     categories = {name: outcome.metrics for name, outcome in outcomes.items()}
-    config_dict = config.to_dict() | {"METHOD": method.name}
+    config_dict = config.to_dict() | {"METHOD": method.name, reporting.DEVICE_USED_KEY: check_device(config.DEVICE).type}
     config.save(folder / "config.json")
     reporting.write_metrics_json(folder / "metrics.json", categories, config_dict)
     reporting.write_results_csv(folder / "results.csv", categories)

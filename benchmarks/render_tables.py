@@ -10,8 +10,8 @@ TABLES[NAME] rendered from the JSON files beside this script:
 - latest.json (run_benchmark.py): speed, stages, AU-PRO methods, quality variants;
 - demo.json: the demo's measured wall time and numbers;
 - versions.json (compare_versions.py): v1.1-v1.4 side by side;
-- quality.json (optional): rows of dataset, image_size, method, image_auroc, au_pro_0.05,
-  au_pro_0.30, seg_f1, seconds; its section says so when the file does not exist yet.
+- quality.json (run_quality.py): every dataset x image size x row of the quality benchmark;
+  its section says so when the file does not exist yet.
 """
 
 from __future__ import annotations
@@ -96,17 +96,28 @@ def versions() -> str:
     return "\n".join(lines)
 
 
-def quality_datasets() -> str:
-    rows = _load("quality.json")
-    if rows is None:
-        return "No `benchmarks/quality.json` yet: nothing measured across datasets and image sizes."
-    rows = rows["rows"] if isinstance(rows, dict) else rows
-    lines = ["| dataset | image size | method | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | seconds |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['dataset']} | {row['image_size']} | {row['method']} | {_fmt(row['image_auroc'])} | "
-                     f"{_fmt(row['au_pro_0.05'])} | {_fmt(row['au_pro_0.30'])} | {_fmt(row['seg_f1'])} | "
-                     f"{_fmt(row['seconds'], 1)} |")
+def quality_datasets(report: dict | None = None) -> str:
+    """The quality benchmark's table (``run_quality.py``): every dataset x image size x row, then the means."""
+    report = report if report is not None else _load("quality.json")
+    if report is None:
+        return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
+    lines = [f"Backbone {_shown_path(report['backbone'])}, FEATURE_LAYERS {report['feature_layers']}, seed "
+             f"{report['seed']}, {report['machine']}, {report['date']}. Image score: mean of the top 1 % patch "
+             "distances; SegF1 at validation mean + 3 std. fit s: heads training and scorer fit; score s: "
+             "distances of every validation and test patch.", "",
+             "| dataset | size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | fit s | score s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for entry in report["results"]:
+        m = entry["metrics"]
+        lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | {_fmt(m['image_auroc'])} | "
+                     f"{_fmt(m['au_pro_0.05'])} | {_fmt(m['au_pro_0.30'])} | {_fmt(m['seg_f1'])} | "
+                     f"{_fmt(m['fit_seconds'], 1)} | {_fmt(m['score_seconds'], 1)} |")
+    lines += ["", "Mean over the datasets that have the row:", "",
+              "| size | row | datasets | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    for entry in report["mean_rows"]:
+        lines.append(f"| {entry['image_size']} | {entry['row']} | {entry['datasets']} | {_fmt(entry['image_auroc'])} | "
+                     f"{_fmt(entry['au_pro_0.05'])} | {_fmt(entry['au_pro_0.30'])} | {_fmt(entry['seg_f1'])} |")
     return "\n".join(lines)
 
 

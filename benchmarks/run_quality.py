@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
+import render_tables  # noqa: E402
 import token_cache  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
@@ -139,24 +140,6 @@ def fmt(value, digits: int = 4) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def markdown(report: dict) -> str:
-    lines = [f"Backbone: {report['backbone']}; FEATURE_LAYERS {report['feature_layers']}; "
-             f"seed {report['seed']}; machine: {report['machine']}", "",
-             "| dataset | size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | fit s | score s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for entry in report["results"]:
-        m = entry["metrics"]
-        lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | {fmt(m['image_auroc'])} | "
-                     f"{fmt(m['au_pro_0.05'])} | {fmt(m['au_pro_0.30'])} | {fmt(m['seg_f1'])} | "
-                     f"{fmt(m['fit_seconds'], 1)} | {fmt(m['score_seconds'], 1)} |")
-    lines += ["", "Mean over datasets:", "", "| size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |",
-              "|---:|---|---:|---:|---:|---:|"]
-    for entry in report["mean_rows"]:
-        lines.append(f"| {entry['image_size']} | {entry['row']} | {fmt(entry['image_auroc'])} | "
-                     f"{fmt(entry['au_pro_0.05'])} | {fmt(entry['au_pro_0.30'])} | {fmt(entry['seg_f1'])} |")
-    return "\n".join(lines) + "\n"
-
-
 def mean_rows(results: list[dict]) -> list[dict]:
     keys = ("image_auroc", "au_pro_0.05", "au_pro_0.30", "seg_f1")
     groups: dict[tuple[int, str], list[dict]] = {}
@@ -228,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
               "date": time.strftime("%Y-%m-%d"), "results": results, "mean_rows": mean_rows(results)}
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    args.output.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    table = render_tables.quality_datasets(report)
+    args.output.with_suffix(".md").write_text(table + "\n")
+    print(table)
     return 0
 
 

@@ -136,7 +136,7 @@ def test_predict_reproduces_the_scores_of_the_full_run(finished_run, tiny_backbo
     assert len(rows) == len(list((root / "test_public" / "bad").glob("*.png")))
     for row in rows:
         relative = f"test_public/bad/{Path(row['file']).name}"
-        assert float(row["image_score"]) == pytest.approx(saved[relative], abs=1e-5)
+        assert float(row["image_score"]) == pytest.approx(saved[relative], rel=1e-5)  # batching changes the last float32 bits
         assert row["anomalous"] in ("true", "false")
         stem = Path(row["file"]).stem
         assert (out / "overlays" / f"{stem}.png").is_file() and (out / "maps" / f"{stem}.tiff").is_file()

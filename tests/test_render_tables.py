@@ -27,12 +27,16 @@ def test_render_replaces_only_marked_sections_and_rejects_unknown_tables():
         render_tables.render("<!-- table:nope -->\n<!-- /table -->")
 
 
-def test_quality_json_rows_are_rendered_when_present(monkeypatch):
-    rows = [{"dataset": "magtile", "image_size": 224, "method": "v1.1", "image_auroc": 0.85, "au_pro_0.05": 0.51,
-             "au_pro_0.30": 0.75, "seg_f1": 0.28, "seconds": 126.0}]
-    monkeypatch.setattr(render_tables, "_load", lambda name: {"rows": rows} if name == "quality.json" else None)
-    assert render_tables.quality_datasets().splitlines()[-1] == \
-        "| magtile | 224 | v1.1 | 0.8500 | 0.5100 | 0.7500 | 0.2800 | 126.0 |"
+def test_quality_json_rows_are_rendered_when_present():
+    metrics = {"image_auroc": 0.85, "au_pro_0.05": 0.51, "au_pro_0.30": 0.75, "seg_f1": 0.28, "fit_seconds": 12.0,
+               "score_seconds": 3.25}
+    report = {"backbone": "../shared/models/x", "feature_layers": [6, 8, 10], "seed": 0, "machine": "2 CPU threads",
+              "date": "2026-11-29", "results": [{"dataset": "magtile_ad2", "image_size": 224, "row": "v1.1 (default)",
+                                                  "metrics": metrics}],
+              "mean_rows": [{"image_size": 224, "row": "v1.1 (default)", "datasets": 1} | metrics]}
+    lines = render_tables.quality_datasets(report).splitlines()
+    assert "| magtile_ad2 | 224 | v1.1 (default) | 0.8500 | 0.5100 | 0.7500 | 0.2800 | 12.0 | 3.2 |" in lines
+    assert lines[-1] == "| 224 | v1.1 (default) | 1 | 0.8500 | 0.5100 | 0.7500 | 0.2800 |"
 
 
 def test_docs_show_no_absolute_paths_of_the_measuring_machine():
