@@ -51,7 +51,11 @@ def test_run_writes_every_output_and_they_parse(finished_run):
         assert values["n_test_bad"] > 0 and values["n_test_good"] > 0 and values["n_train"] > 0
         assert 0.0 <= values["image_auroc"] <= 1.0 and 0.0 <= values["au_pro_0.05"] <= 1.0
         assert values["image_auroc"] == pytest.approx(metrics[category]["image_auroc"])
+        # SegF1 per lighting group, at the category's pixel threshold (the demo has every AD 2 lighting)
+        assert {"regular", "overexposed", "underexposed", "shift"} <= set(values["by_lighting"])
+        assert all(0.0 <= group["seg_f1"] <= 1.0 for group in values["by_lighting"].values() if group["n_bad"])
     assert document["config"]["IMAGE_SIZE"] == 56
+    assert document["config"]["device_used"] == "cpu"
     with open(results / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["category"] for row in rows] == sorted(config.CATEGORIES) + ["Mean", "Total"]
