@@ -82,28 +82,37 @@ def load_backbone(name_or_path: str) -> nn.Module:
     """Load a frozen ``transformers.Dinov2Model`` in eval mode from a hub id or a local folder.
 
     A hub id is read from the cache first; it is downloaded only when it is not cached, the
-    hub answers and ``HF_HUB_OFFLINE`` is not set. Otherwise one ``BackboneError`` says what to do.
+    hub answers and ``HF_HUB_OFFLINE`` is not set. Otherwise one ``BackboneError`` says what to do,
+    decided with huggingface_hub alone: importing transformers takes seconds that an offline user
+    should not wait for.
     """
-    from transformers import Dinov2Model
-
     local = Path(name_or_path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
             raise BackboneError(f"BACKBONE={name_or_path!r} is a folder without config.json; expected a Hugging Face "
                                 "checkpoint folder (config.json + model.safetensors).")
+        from transformers import Dinov2Model
+
         try:
             return freeze(Dinov2Model.from_pretrained(str(local)))
         except (OSError, ValueError) as error:
             raise BackboneError(f"Could not load the local DINOv2 checkpoint {name_or_path!r}: {error}") from None
-    try:
-        return freeze(Dinov2Model.from_pretrained(name_or_path, local_files_only=True))
-    except (OSError, ValueError):
-        pass  # not cached: download below if the hub can be reached
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        from transformers import Dinov2Model
+
+        try:
+            return freeze(Dinov2Model.from_pretrained(name_or_path, local_files_only=True))
+        except (OSError, ValueError):
+            pass  # only partly cached: download below if the hub can be reached
     not_cached = f"The DINOv2 backbone {name_or_path!r} is not a local folder nor in the Hugging Face cache"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise BackboneError(backbone_advice(name_or_path, f"{not_cached}, and HF_HUB_OFFLINE=1 is set."))
     if not hub_reachable():
         raise BackboneError(backbone_advice(name_or_path, f"{not_cached}, and the hub cannot be reached (offline?)."))
+    from transformers import Dinov2Model
+
     try:
         return freeze(Dinov2Model.from_pretrained(name_or_path))
     except (OSError, ValueError) as error:
