@@ -37,12 +37,17 @@ class IlluminationRange:
         """From per-image channel means and stds ``[N, 3]`` of the training images."""
         return cls(means.min(0).values, means.max(0).values, stds.min(0).values, stds.max(0).values)
 
+    def targets(self, means: torch.Tensor, stds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For per-image channel means and stds ``[B, 3]``: the projected means and stds ``[B, 3]``
+        and whether each image already lies inside the range ``[B]``."""
+        target_means = torch.maximum(torch.minimum(means, self.mean_high.to(means)), self.mean_low.to(means))
+        target_stds = torch.maximum(torch.minimum(stds, self.std_high.to(stds)), self.std_low.to(stds))
+        return target_means, target_stds, ((target_means == means) & (target_stds == stds)).all(-1)
+
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, h, w]`` in [0, 1] -> the same, each image projected onto the range (unchanged if inside)."""
         means, stds = channel_stats(images)
-        target_means = torch.maximum(torch.minimum(means, self.mean_high.to(means)), self.mean_low.to(means))
-        target_stds = torch.maximum(torch.minimum(stds, self.std_high.to(stds)), self.std_low.to(stds))
-        inside = ((target_means == means) & (target_stds == stds)).all(-1)
+        target_means, target_stds, inside = self.targets(means, stds)
         if bool(inside.all()):
             return images
         gain = (target_stds / stds.clamp_min(MIN_STD))[..., None, None]

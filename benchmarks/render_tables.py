@@ -33,7 +33,7 @@ def _load(name: str) -> dict | list | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
+def fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
@@ -51,8 +51,8 @@ def quality_variants() -> str:
              "| image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for name, row in report["quality"].items():
         m = row["metrics"]
-        lines.append(f"| {name} | {_fmt(m['image_auroc'])} | {_fmt(m['au_pro_0.05'])} | {_fmt(m['au_pro_0.30'])} | "
-                     f"{_fmt(m['seg_f1'])} | {row['seconds']:.1f} |")
+        lines.append(f"| {name} | {fmt(m['image_auroc'])} | {fmt(m['au_pro_0.05'])} | {fmt(m['au_pro_0.30'])} | "
+                     f"{fmt(m['seg_f1'])} | {row['seconds']:.1f} |")
     return "\n".join(lines)
 
 
@@ -72,8 +72,8 @@ def benchmark() -> str:
         lines.append(f"| {name} | {seconds:.1f} | {seconds / pipe['seconds']:.1%} |")
     lines += ["", "| AU-PRO case | method | seconds | peak RSS (MiB) | AU-PRO@0.05 |", "|---|---|---:|---:|---:|"]
     for row in report["au_pro"]["rows"]:
-        lines.append(f"| {row['case']} | {row['method']} | {_fmt(row.get('seconds'), 2)} | "
-                     f"{_fmt(row.get('peak_rss_mib'), 0)} | {_fmt(row.get('au_pro'), 6)} |")
+        lines.append(f"| {row['case']} | {row['method']} | {fmt(row.get('seconds'), 2)} | "
+                     f"{fmt(row.get('peak_rss_mib'), 0)} | {fmt(row.get('au_pro'), 6)} |")
     return "\n".join(lines)
 
 
@@ -82,7 +82,7 @@ def demo() -> str:
     lines = [f"`{report['command']}`: {report['wall_seconds'] / 60:.0f} min on {report['machine']}.", "",
              "| demo category | image AUROC | AU-PRO@0.05 | SegF1 |", "|---|---:|---:|---:|"]
     for name, m in report["categories"].items():
-        lines.append(f"| {name} | {_fmt(m['image_auroc'])} | {_fmt(m['au_pro_0.05'])} | {_fmt(m['seg_f1'])} |")
+        lines.append(f"| {name} | {fmt(m['image_auroc'])} | {fmt(m['au_pro_0.05'])} | {fmt(m['seg_f1'])} |")
     return "\n".join(lines)
 
 
@@ -91,8 +91,8 @@ def versions() -> str:
     lines = [f"Data: {report['data']}.", "", "| version | image AUROC | AU-PRO@0.05 | SegF1 | seconds (fit + score) |",
              "|---|---:|---:|---:|---:|"]
     for row in report["rows"]:
-        lines.append(f"| {row['version']} | {_fmt(row['image_auroc'])} | {_fmt(row['au_pro_0.05'])} | "
-                     f"{_fmt(row['seg_f1'])} | {row['seconds']:.1f} |")
+        lines.append(f"| {row['version']} | {fmt(row['image_auroc'])} | {fmt(row['au_pro_0.05'])} | "
+                     f"{fmt(row['seg_f1'])} | {row['seconds']:.1f} |")
     return "\n".join(lines)
 
 
@@ -109,15 +109,15 @@ def quality_datasets(report: dict | None = None) -> str:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for entry in report["results"]:
         m = entry["metrics"]
-        lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | {_fmt(m['image_auroc'])} | "
-                     f"{_fmt(m['au_pro_0.05'])} | {_fmt(m['au_pro_0.30'])} | {_fmt(m['seg_f1'])} | "
-                     f"{_fmt(m['fit_seconds'], 1)} | {_fmt(m['score_seconds'], 1)} |")
+        lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | {fmt(m['image_auroc'])} | "
+                     f"{fmt(m['au_pro_0.05'])} | {fmt(m['au_pro_0.30'])} | {fmt(m['seg_f1'])} | "
+                     f"{fmt(m['fit_seconds'], 1)} | {fmt(m['score_seconds'], 1)} |")
     lines += ["", "Mean over the datasets that have the row:", "",
               "| size | row | datasets | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |",
               "|---:|---|---:|---:|---:|---:|---:|"]
     for entry in report["mean_rows"]:
-        lines.append(f"| {entry['image_size']} | {entry['row']} | {entry['datasets']} | {_fmt(entry['image_auroc'])} | "
-                     f"{_fmt(entry['au_pro_0.05'])} | {_fmt(entry['au_pro_0.30'])} | {_fmt(entry['seg_f1'])} |")
+        lines.append(f"| {entry['image_size']} | {entry['row']} | {entry['datasets']} | {fmt(entry['image_auroc'])} | "
+                     f"{fmt(entry['au_pro_0.05'])} | {fmt(entry['au_pro_0.30'])} | {fmt(entry['seg_f1'])} |")
     return "\n".join(lines)
 
 

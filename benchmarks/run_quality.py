@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 import render_tables  # noqa: E402
+from render_tables import fmt  # noqa: E402
 import token_cache  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
@@ -66,7 +67,7 @@ def rows_for(defaults) -> dict[str, dict]:
 
 
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
-                     seed: int, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                     seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Patch grids ``[gh, gw, D]`` and token labels ``[gh, gw]`` of the synthetic samples (cached)."""
     import anomalyvfm.illumination as illumination_module
     import anomalyvfm.synthetic as synthetic_module
@@ -122,7 +123,8 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], synthetic: tuple[li
         pro = metrics.au_pro_multi(test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)
         threshold = metrics.mean_plus_k_std(val_maps)
         return {"image_auroc": metrics.image_auroc(scores, labels), "image_ap": metrics.image_ap(scores, labels),
-                "au_pro_0.05": pro[0.05], "au_pro_0.30": pro[0.3], "seg_f1": metrics.seg_f1(test_maps, masks, threshold),
+                "au_pro_0.05": pro[0.05], "au_pro_0.30": pro[0.3],
+                "seg_f1": metrics.seg_f1(test_maps, masks, threshold),
                 "fit_seconds": fit_seconds, "score_seconds": score_seconds, "map_seconds": map_seconds,
                 "losses": losses}
 
@@ -134,10 +136,6 @@ def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
         for category in dataset_ad2.list_categories(folder):
             found.append((folder.name, category, folder))
     return found
-
-
-def fmt(value, digits: int = 4) -> str:
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def mean_rows(results: list[dict]) -> list[dict]:
@@ -172,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
     torch.manual_seed(defaults.SEED)
     backbone = load_backbone(args.backbone)
-    depth = max(defaults.FEATURE_LAYERS)
     extractor = FeatureExtractor(backbone, defaults.FEATURE_LAYERS)
     results = []
     for dataset, category, data_root in datasets_under(args.datasets_root):
@@ -189,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 if settings.EPOCHS > 0 and synthetic is None:
                     with torch.inference_mode():
                         synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
-                                                     settings.SEED, settings.BATCH_SIZE)
+                                                     settings.SEED)
                 start = time.perf_counter()
                 result = evaluate_row(tokens, synthetic, settings)
                 entry = {"dataset": dataset, "category": category, "image_size": size, "row": row,
@@ -207,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                                     if e["row"] in all_rows else len(all_rows)))
     report = {"backbone": os.path.relpath(Path(args.backbone).resolve(), ROOT) if Path(args.backbone).exists()
               else args.backbone,
-              "feature_layers": defaults.FEATURE_LAYERS, "seed": defaults.SEED, "depth": depth,
+              "feature_layers": defaults.FEATURE_LAYERS, "seed": defaults.SEED,
               "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
               "date": time.strftime("%Y-%m-%d"), "results": results, "mean_rows": mean_rows(results)}
     args.output.write_text(json.dumps(report, indent=2) + "\n")

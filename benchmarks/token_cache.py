@@ -43,8 +43,8 @@ class SplitTokens:
 
 
 def cache_key(data_root: str, category: str, backbone: str, image_size: int, layers: Sequence[int]) -> str:
-    text = f"{Path(data_root).resolve()}|{category}|{Path(backbone).resolve() if Path(backbone).exists() else backbone}|" \
-           f"{image_size}|{list(layers)}|v2"
+    backbone_id = Path(backbone).resolve() if Path(backbone).exists() else backbone
+    text = f"{Path(data_root).resolve()}|{category}|{backbone_id}|{image_size}|{list(layers)}|v2"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -97,17 +97,14 @@ def with_illumination_projection(extractor, tokens: dict[str, SplitTokens], *, b
     the training range are projected onto it (``anomalyvfm.illumination``) and run through the
     backbone again; every other image keeps its cached tokens (the projection leaves it unchanged)."""
     from anomalyvfm.backbone import normalize, to_input
-    from anomalyvfm.illumination import IlluminationRange, channel_stats
+    from anomalyvfm.illumination import IlluminationRange
 
     train = tokens["train"]
     illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
     out = {"train": train}
     for split in ("validation", "test_public"):
         cached = tokens[split]
-        low_mean, high_mean = illumination.mean_low, illumination.mean_high
-        low_std, high_std = illumination.std_low, illumination.std_high
-        outside = ((cached.channel_mean < low_mean) | (cached.channel_mean > high_mean)
-                   | (cached.channel_std < low_std) | (cached.channel_std > high_std)).any(-1)
+        outside = ~illumination.targets(cached.channel_mean, cached.channel_std)[2]
         patches, cls = list(cached.patches), cached.cls.clone()
         for index in torch.nonzero(outside).flatten().tolist():
             sample = cached.samples[index]

@@ -51,16 +51,21 @@ def make_ad2_category(tmp_path):
 
 
 # --- model fixtures ---
-@pytest.fixture(scope="session")
-def tiny_backbone():
-    """A randomly initialised 2-block DINOv2 (hidden size 32): real architecture, no download."""
+def make_tiny_dinov2(num_hidden_layers: int):
+    """A randomly initialised DINOv2 (hidden size 32), seeded: real architecture, no download."""
     import torch
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=56,
-                          patch_size=14)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=2, mlp_ratio=2,
+                          image_size=56, patch_size=14)
     return Dinov2Model(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """A 2-block tiny DINOv2 (``make_tiny_dinov2``)."""
+    return make_tiny_dinov2(2)
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -8,6 +8,7 @@ import torch
 
 from anomalyvfm.backbone import (BackboneError, FeatureExtractor, _SameSizeBatches, hub_reachable, load_backbone,
                                  normalize, target_size, to_input)
+from tests.conftest import make_tiny_dinov2
 
 
 @pytest.mark.parametrize("height, width, expected", [
@@ -65,12 +66,7 @@ def test_extractor_is_frozen_and_dimensions_come_from_the_checkpoint(tiny_backbo
 
 @pytest.fixture(scope="module")
 def four_block_backbone():
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
-                          patch_size=14)
-    return Dinov2Model(config).eval()
+    return make_tiny_dinov2(4)
 
 
 def _reference_features(backbone, layers, pixels, attention):
