@@ -20,6 +20,7 @@ import numpy as np
 import dataset_ad2
 from anomalyvfm import metrics, model_io
 from anomalyvfm.errors import PipelineError
+from anomalyvfm.model import read_model_meta
 
 FPR_LIMITS = (0.05, 0.3)
 PRO_BINS = 20_000  # streaming AU-PRO; agrees with the exact computation within 1e-3 (tests)
@@ -144,8 +145,11 @@ def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> Cat
     masks = [s.mask_path for s in samples]
     val_maps = _checked_maps([map_path(category_dir, r["relative_path"]) for r in validation], [])
 
-    image_threshold = metrics.mean_plus_k_std(val_scores) if len(val_scores) else float("nan")
-    pixel_threshold = metrics.mean_plus_k_std(val_maps) if val_maps else float("nan")
+    # The product's thresholds (chosen at fit time, see ``calibration``) and the AD 2 paper's baseline rule.
+    model = read_model_meta(category_dir / "model")
+    image_threshold, pixel_threshold = float(model["image_threshold"]), float(model["pixel_threshold"])
+    baseline_image = metrics.mean_plus_k_std(val_scores) if len(val_scores) else float("nan")
+    baseline_pixel = metrics.mean_plus_k_std(val_maps) if val_maps else float("nan")
     pro = metrics.au_pro_multi(maps, masks, FPR_LIMITS, num_bins=PRO_BINS)
     fit_record = model_io.read_json(category_dir / "fit.json") if (category_dir / "fit.json").is_file() else {}
     result = {
@@ -155,9 +159,12 @@ def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> Cat
         "au_pro_0.05": pro[0.05],
         "au_pro_0.30": pro[0.3],
         "seg_f1": metrics.seg_f1(maps, masks, pixel_threshold),
+        "seg_f1_baseline_rule": metrics.seg_f1(maps, masks, baseline_pixel),
+        "class_f1_baseline_rule": metrics.class_f1(scores, labels, baseline_image),
+        "thresholds": {"pixel": pixel_threshold, "image": image_threshold,
+                       "pixel_baseline_rule": baseline_pixel, "image_baseline_rule": baseline_image},
         "by_lighting": metrics.by_lighting([s.lighting for s in samples], labels, scores, maps, masks,
-                                           fpr_limit=0.05, num_bins=PRO_BINS,
-                                           threshold=pixel_threshold if np.isfinite(pixel_threshold) else None),
+                                           fpr_limit=0.05, num_bins=PRO_BINS, threshold=pixel_threshold),
         "n_train": len(data.train),
         "n_test_good": int((labels == 0).sum()),
         "n_test_bad": int((labels == 1).sum()),

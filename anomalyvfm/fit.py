@@ -3,8 +3,9 @@
     train images -> backbone (once per image) -> illumination range
                  -> synthetic samples (nuisance + pasted defect) -> heads training
                  -> Gaussian / kNN fit on normal embeddings                      (``Runner.fit_scale``)
-    validation + test_public -> raw distances -> score fusion, thresholds,
-                 maps saved as float16 TIFF, scores.csv, model/              (``fit_category``)
+    validation + test_public -> raw distances -> score fusion, maps saved as float16 TIFF, scores.csv
+    validation + lighting variants + synthetic defects -> thresholds (``calibration``) -> model/
+                                                                                  (``fit_category``)
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 import dataset_ad2
-from anomalyvfm import metrics, model_io, plots, timing
+from anomalyvfm import model_io, plots, timing
 from anomalyvfm.backbone import FeatureExtractor, Features, autocast, iterate_images, load_backbone, normalize, to_input
+from anomalyvfm.calibration import calibrate_thresholds
 from anomalyvfm.config import Config
 from anomalyvfm.evaluate import map_path, write_scores_csv
 from anomalyvfm.illumination import IlluminationRange, channel_stats
@@ -84,7 +86,8 @@ class Runner:
                 batch = members[start:start + self.config.BATCH_SIZE]
                 features = self._forward(torch.stack([images[i] for i in batch]), illumination)
                 for row, index in enumerate(batch):
-                    out[index] = Features(features.cls[row], features.patches[row])
+                    attention = None if features.attention is None else features.attention[row]
+                    out[index] = Features(features.cls[row], features.patches[row], attention)
         return out  # type: ignore[return-value]
 
     # -- fitting ----------------------------------------------------------------------------
@@ -125,23 +128,34 @@ class Runner:
     # -- scoring ----------------------------------------------------------------------------
     def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str) -> RawScores:
         """Per image: CLS distance, patch distance grid, input size and CLS embedding at one scale."""
-        cls_distances = np.zeros(len(paths))
-        grids: list[torch.Tensor] = [torch.empty(0)] * len(paths)
-        embeddings = np.zeros((len(paths), self.extractor.dim), dtype=np.float32)
+        raw = RawScores.empty(len(paths), self.extractor.dim)
         for indices, features, _ in self.features(paths, scale.image_size, desc, scale.illumination):
-            with timing.stage("scoring"):
-                batch, gh, gw, dim = features.patches.shape
-                cls_embedding = scale.heads.embed(features.cls)
-                cls_distance = scale.cls_scorer.distances(cls_embedding)
-                distances = scale.patch_scorer.distances(scale.heads.embed(features.patches.reshape(-1, dim)))
-                distances = distances.reshape(batch, gh, gw)
-                for row, index in enumerate(indices):
-                    cls_distances[index] = float(cls_distance[row])
-                    attention = None if features.attention is None else features.attention[row]
-                    grids[index] = self.method.patch_distances(distances[row], float(cls_distance[row]), attention)
-                embeddings[indices] = cls_embedding.numpy()
-        sizes = [(g.shape[0] * self.extractor.patch_size, g.shape[1] * self.extractor.patch_size) for g in grids]
-        return RawScores(cls_distances, grids, sizes, embeddings)
+            self._score_batch(scale, indices, features, raw)
+        return raw
+
+    def raw_scores_of_images(self, scale: ScaleModel, images: Sequence[torch.Tensor]) -> RawScores:
+        """``raw_scores`` of in-memory images ``[3, h, w]`` in [0, 1] already at this scale's input size."""
+        raw = RawScores.empty(len(images), self.extractor.dim)
+        for index, features in enumerate(self.forward_tensors(images, scale.illumination)):
+            attention = None if features.attention is None else features.attention[None]
+            self._score_batch(scale, [index], Features(features.cls[None], features.patches[None], attention), raw)
+        return raw
+
+    def _score_batch(self, scale: ScaleModel, indices: list[int], features: Features, raw: RawScores) -> None:
+        """Score a batch of features into rows ``indices`` of ``raw``."""
+        with timing.stage("scoring"):
+            batch, gh, gw, dim = features.patches.shape
+            cls_embedding = scale.heads.embed(features.cls)
+            cls_distance = scale.cls_scorer.distances(cls_embedding)
+            distances = scale.patch_scorer.distances(scale.heads.embed(features.patches.reshape(-1, dim)))
+            distances = distances.reshape(batch, gh, gw)
+            patch = self.extractor.patch_size
+            for row, index in enumerate(indices):
+                raw.cls_distances[index] = float(cls_distance[row])
+                attention = None if features.attention is None else features.attention[row]
+                raw.grids[index] = self.method.patch_distances(distances[row], float(cls_distance[row]), attention)
+                raw.input_sizes[index] = (gh * patch, gw * patch)
+            raw.embeddings[indices] = cls_embedding.numpy()
 
 
 def raw_scores(runner: Runner, scales: Sequence[ScaleModel], paths: Sequence[Path], desc: str) -> list[RawScores]:
@@ -187,13 +201,19 @@ def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: P
     with model_io.atomic_path(category_dir / "embeddings.npy") as temporary:
         np.save(temporary, embeddings.astype(np.float16))
 
-    # Thresholds from the saved float16 maps: the precision every comparison with them uses.
-    val_maps = [map_path(category_dir, s.relative_path) for s in validation]
-    model = CategoryModel(data.name, scales, image_threshold=metrics.mean_plus_k_std(image_scores[:n_val]),
-                          pixel_threshold=metrics.mean_plus_k_std(val_maps), settings=model_settings(config, method))
+    validation_raws = [raw.subset(range(n_val)) for raw in raws]
+    load_validation = lambda i: to_input(dataset_ad2.load_image(validation[i].path), validation_raws[0].input_sizes[i])
+    thresholds = calibrate_thresholds(runner, scales, load_validation, validation_raws, config.SEED)
+    if thresholds.record["baseline_rule_fallback"]:
+        notes.append(f"{data.name}: F1 on synthetic defects was undefined for the "
+                     f"{' and '.join(thresholds.record['baseline_rule_fallback'])} threshold; it uses the baseline "
+                     "rule (validation mean + 3 std) instead.")
+    model = CategoryModel(data.name, scales, image_threshold=thresholds.image, pixel_threshold=thresholds.pixel,
+                          settings=model_settings(config, method))
     model.save(category_dir / "model")
     model_io.write_json_atomic(category_dir / "fit.json", {
         "seconds": time.perf_counter() - start,
         "losses": scales[0].losses if len(scales) == 1 else [s.losses for s in scales],
+        "thresholds": thresholds.record,
         "dataset": dataset_fingerprint})
     return model

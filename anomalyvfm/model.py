@@ -201,6 +201,11 @@ class RawScores:
     input_sizes: list[tuple[int, int]]
     embeddings: np.ndarray
 
+    @classmethod
+    def empty(cls, count: int, dim: int) -> "RawScores":
+        """``count`` rows to be filled in (zeros, empty grids)."""
+        return cls(np.zeros(count), [torch.empty(0)] * count, [(0, 0)] * count, np.zeros((count, dim), np.float32))
+
     def top_patch(self) -> np.ndarray:
         return np.array([top_patch_score(grid) for grid in self.grids])
 

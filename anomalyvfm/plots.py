@@ -42,7 +42,7 @@ KIND_STYLES = ((0, "normal (validation)", "#0072B2", "o"), (1, "test good", "#00
 LINE_STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P"))
 DETECTION_SCALE_MAX = 2.0  # sample detections: colours end at 2 x the pixel threshold at most
 DETECTION_CAPTION = (
-    "Colour: anomaly map ÷ its category's pixel threshold (mean + 3σ of validation/good pixels), one scale for all "
+    "Colour: anomaly map ÷ its category's pixel threshold (F1-optimal on validation images with synthetic defects), one scale for all "
     "rows; white contour: where the map crosses the threshold (1.0); red frame: the whole map is above it.")
 
 
@@ -142,7 +142,7 @@ def plot_score_distributions(path: Path, scores: dict[str, tuple[np.ndarray, np.
     # One legend for every panel, above them, so no panel's bars are covered.
     handles = [Patch(facecolor="#009E73", alpha=0.6, label="good"),
                Patch(facecolor="#D55E00", alpha=0.6, hatch="//", label="bad"),
-               Line2D([], [], color="black", linestyle="--", label="image threshold: val mean+3σ (ClassF1)")]
+               Line2D([], [], color="black", linestyle="--", label="image threshold (ClassF1)")]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     save_figure_atomic(fig, Path(path), dpi=DPI)

@@ -18,7 +18,7 @@ import dataset_ad2
 from anomalyvfm.config import Config, ConfigError
 from anomalyvfm.errors import PipelineError
 
-MIN_VALIDATION_IMAGES = 5  # below this, mean + 3 std thresholds and score standardisation are guesses
+MIN_VALIDATION_IMAGES = 5  # below this, thresholds and score standardisation are guesses
 
 
 def check_device(name: str) -> torch.device:
@@ -113,4 +113,4 @@ def validation_warning(data: dataset_ad2.CategoryData) -> str | None:
     if count >= MIN_VALIDATION_IMAGES:
         return None
     return (f"{data.name}: only {count} validation image(s) (fewer than {MIN_VALIDATION_IMAGES}); its thresholds "
-            "(mean + 3 std) and score standardisation are unreliable.")
+            "and score standardisation are unreliable.")

@@ -2,8 +2,9 @@
 
 Input everywhere is ``{category: metrics}``, each metrics dict as produced by the pipeline::
 
-    {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1": float (NaN = undefined),
-     "by_lighting": {group: {"image_auroc", "au_pro_0.05": float, "n_good", "n_bad": int}},
+    {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "seg_f1_baseline_rule":
+         float (NaN = undefined),
+     "by_lighting": {group: {"image_auroc", "au_pro_0.05", "seg_f1": float, "n_good", "n_bad": int}},
      "n_train", "n_test_good", "n_test_bad": int, "seconds": float,
      "reused": bool (optional, default false: the category finished earlier with the same settings and
                was not refit; its "seconds" are the original fit time)}
@@ -24,9 +25,9 @@ import numpy as np
 
 from anomalyvfm.model_io import write_json_atomic, write_text_atomic
 
-METRIC_COLUMNS = ("image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1")
+METRIC_COLUMNS = ("image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "seg_f1_baseline_rule")
 COUNT_COLUMNS = ("n_train", "n_test_good", "n_test_bad")
-LIGHTING_METRICS = ("image_auroc", "au_pro_0.05")
+LIGHTING_METRICS = ("image_auroc", "au_pro_0.05", "seg_f1")
 LIGHTING_COUNTS = ("n_good", "n_bad")
 LIGHTING_ORDER = ("regular", "overexposed", "underexposed", "shift")  # MVTec AD 2's order; others follow
 CSV_COLUMNS = ("category", *METRIC_COLUMNS, *COUNT_COLUMNS, "seconds", "reused")
@@ -38,13 +39,15 @@ RUN_FIELDS = (("Backbone", "BACKBONE"), ("Image size", "IMAGE_SIZE"), ("Feature 
               ("Learning rate", "LEARNING_RATE"), ("Synthetic samples", "SYNTHETIC_SAMPLES"), ("Scorer", "SCORER"),
               ("Seed", "SEED"), ("Device", "DEVICE"), ("Data root", "DATA_ROOT"))
 DEVICE_USED_KEY = "device_used"  # the resolved device ("cuda", "cpu", ...) in the config dict, shown for "Device"
-SUMMARY_COLUMNS = ("Category", "Img AUROC", "Img AP", "ClassF1", "AU-PRO@0.05", "AU-PRO@0.30", "SegF1",
+SUMMARY_COLUMNS = ("Category", "Img AUROC", "Img AP", "ClassF1", "AU-PRO@0.05", "AU-PRO@0.30", "SegF1", "SegF1 3σ",
                    "train", "good", "bad", "seconds")
 HOW_TO_READ = (
     "AU-PRO@0.05 is the official headline metric of MVTec AD 2: area under the PRO curve up to 5% FPR, normalised,"
     " computed on anomaly maps at the original image size over all test_public images.",
-    "SegF1 is the pixel F1 at the threshold mean + 3·std of the anomaly values of validation/good images.",
-    "ClassF1 is the image F1 at the threshold mean + 3·std of the validation image scores.",
+    "SegF1 is the pixel F1 at the model's pixel threshold: the value that maximises F1 on validation images with"
+    " synthetic defects and lighting variants pasted in (never on test images); --PREDICT and the export use it too.",
+    "SegF1 3σ is the pixel F1 at the AD 2 paper's baseline rule, mean + 3·std of the validation/good anomaly values.",
+    "ClassF1 is the image F1 at the model's image threshold, chosen the same way as the pixel threshold.",
     "n/a means undefined, e.g. no defective images in that group (AUROC and AU-PRO need good and bad images).",
     "Mean averages over categories, ignoring n/a; Total sums train, good, bad and seconds.",
     "good/bad beside a by-lighting number: the test images it was computed from (few images, coarse numbers).",
@@ -206,11 +209,11 @@ def format_summary(categories: dict[str, dict], *, config: dict, warnings: list[
         ["Total", *([na] * len(METRIC_COLUMNS)), *(_count(total[c]) for c in COUNT_COLUMNS),
          _number(total["seconds"], 1)]])
 
-    lines += ["", "By lighting (image AUROC and AU-PRO@0.05 per lighting group of test_public, "
+    lines += ["", "By lighting (image AUROC, AU-PRO@0.05 and SegF1 per lighting group of test_public, "
                   "from good/bad test images)", ""]
     groups = lighting_groups(categories)
     if groups:
-        header = ["Category", *(f"{g} {label}" for g in groups for label in ("AUROC", "AU-PRO", "good/bad"))]
+        header = ["Category", *(f"{g} {label}" for g in groups for label in ("AUROC", "AU-PRO", "SegF1", "good/bad"))]
         missing = dict.fromkeys((*LIGHTING_METRICS, *LIGHTING_COUNTS), math.nan)
 
         def cells(by_lighting: dict, metrics: bool = True) -> list[str]:

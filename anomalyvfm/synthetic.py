@@ -36,7 +36,7 @@ class SyntheticSample:
     image: torch.Tensor         # [3, h, w] in [0, 1], at network input size
     mask: torch.Tensor          # [h, w] bool, the pasted defect (all False when none)
     source: int                 # index of the clean training image it was made from
-    stage: str                  # one of STAGES
+    stage: str                  # one of STAGES; calibration samples: "regular" or "photometric"
     defect: str = ""            # one of DEFECT_KINDS, or "" when the sample has no defect
 
 
@@ -62,6 +62,31 @@ def make_synthetic_samples(load_source: Callable[[int], torch.Tensor], num_sourc
                 donor = load_source(int(rng.integers(num_sources))) if num_sources > 1 else image
                 image, mask = paste_defect(image, donor, kind, rng)
             samples.append(SyntheticSample(image=image, mask=mask, source=source, stage=stage, defect=kind))
+    return samples
+
+
+def make_calibration_samples(load_source: Callable[[int], torch.Tensor], num_sources: int, max_sources: int,
+                             seed: int) -> list[SyntheticSample]:
+    """Samples for choosing the decision thresholds: per source image (at most ``max_sources``, a seeded
+    choice) one defect-free lighting variant and one pasted defect, under a lighting variant half the time.
+
+    ``load_source(i)`` returns validation image ``i`` as ``[3, h, w]`` in [0, 1] at network input size.
+    A generator of its own (not the training samples' stream): the same seed gives the same samples.
+    """
+    rng = np.random.default_rng([seed, 1])
+    sources = rng.permutation(num_sources)[:max_sources].tolist()
+    samples = []
+    for source in sources:
+        image = load_source(source)
+        samples.append(SyntheticSample(image=_photometric(image, rng), mask=torch.zeros(image.shape[1:], dtype=torch.bool),
+                                       source=source, stage="photometric"))
+        relit = rng.random() < 0.5
+        base = _photometric(image, rng) if relit else image
+        kind = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))]
+        donor = load_source(int(rng.choice(sources))) if len(sources) > 1 else image
+        defective, mask = paste_defect(base, donor, kind, rng)
+        samples.append(SyntheticSample(image=defective, mask=mask, source=source,
+                                       stage="photometric" if relit else "regular", defect=kind))
     return samples
 
 

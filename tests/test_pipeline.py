@@ -3,6 +3,7 @@ reruns that keep earlier results, prediction, export, evaluation from saved maps
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ from PIL import Image
 
 import anomaly_vfm_v11_lora as script
 import dataset_ad2
-from anomalyvfm import model_io
+from anomalyvfm import metrics, model_io
 from anomalyvfm.model import CategoryModel
 from anomalyvfm.pipeline import PipelineError, run
 
 METRIC_KEYS = {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "by_lighting",
-               "n_train", "n_test_good", "n_test_bad", "seconds"}
+               "n_train", "n_test_good", "n_test_bad", "seconds", "seg_f1_baseline_rule", "class_f1_baseline_rule",
+               "thresholds"}
 PLOTS = ("roc_curves.png", "anomaly_scores.png", "sample_detections.png", "feature_analysis.png", "pro_curves.png")
 
 
@@ -144,6 +146,51 @@ def test_predict_reproduces_the_scores_of_the_full_run(finished_run, tiny_backbo
         assert row["anomalous"] in ("true", "false")
         stem = Path(row["file"]).stem
         assert (out / "overlays" / f"{stem}.png").is_file() and (out / "maps" / f"{stem}.tiff").is_file()
+
+
+def test_summary_predict_and_export_share_the_model_thresholds(finished_run, tiny_backbone, tmp_path):
+    """metrics.json, --PREDICT and the export all decide with model.json's thresholds; the baseline
+    rule (validation mean + 3 std) is reported beside them, recomputed from the saved maps."""
+    config, metrics_of = finished_run
+    category = config.CATEGORIES[0]
+    folder = Path(config.RESULTS_DIR) / category
+    model = json.loads((folder / "model" / "model.json").read_text())
+    reported = json.loads((Path(config.RESULTS_DIR) / "metrics.json").read_text())["categories"][category]
+    assert reported["thresholds"]["pixel"] == model["pixel_threshold"]
+    assert reported["thresholds"]["image"] == model["image_threshold"]
+    calibration = json.loads((folder / "fit.json").read_text())["thresholds"]
+    assert calibration["synthetic_defects"] > 0 and calibration["lighting_variants"] > 0
+    assert calibration["pixel_threshold"] == model["pixel_threshold"]
+
+    data = dataset_ad2.load_category(config.DATA_ROOT, category)
+    test_maps = [model_io.read_map(folder / "maps" / Path(s.relative_path).with_suffix(".tiff")) for s in data.test_public]
+    masks = [s.mask_path for s in data.test_public]
+    assert reported["seg_f1"] == pytest.approx(metrics.seg_f1(test_maps, masks, model["pixel_threshold"]))
+    validation_maps = [model_io.read_map(folder / "maps" / Path(s.relative_path).with_suffix(".tiff"))
+                       for s in data.validation]
+    baseline = metrics.mean_plus_k_std(validation_maps)
+    assert reported["thresholds"]["pixel_baseline_rule"] == pytest.approx(baseline)
+    assert reported["seg_f1_baseline_rule"] == pytest.approx(metrics.seg_f1(test_maps, masks, baseline))
+
+    bad = dataset_ad2.category_root(config.DATA_ROOT, category) / "test_public" / "bad"
+    run(config.replace(CATEGORIES=[category], PREDICT=str(bad)), backbone=tiny_backbone, progress=False)
+    out = max((Path(config.RESULTS_DIR) / "predictions").glob(f"{category}-*"))
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        assert float(row["image_threshold"]) == pytest.approx(model["image_threshold"], abs=1e-6)
+        assert row["anomalous"] == str(float(row["image_score"]) >= model["image_threshold"]).lower()
+        predicted_map = model_io.read_map(out / "maps" / f"{row['output_name']}.tiff")
+        predicted_mask = np.asarray(Image.open(out / "masks" / f"{row['output_name']}.png")) > 0
+        assert np.array_equal(predicted_mask, predicted_map >= model["pixel_threshold"])
+
+    exported = config.replace(CATEGORIES=[category], EXPORT_SUBMISSION=True, RESULTS_DIR=str(tmp_path / "export"))
+    shutil.copytree(folder, tmp_path / "export" / category)  # reused as fitted: same model, same thresholds
+    run(exported, backbone=tiny_backbone, progress=False)
+    for sample in data.split("test_private"):
+        values = tifffile.imread(tmp_path / "export" / "anomaly_images" / category / "test_private" / f"{sample.stem}.tiff")
+        png = tmp_path / "export" / "anomaly_images_thresholded" / category / "test_private" / f"{sample.stem}.png"
+        assert np.array_equal(np.asarray(Image.open(png)) > 0, values.astype(np.float32) >= model["pixel_threshold"])
 
 
 def test_predict_needs_one_category(finished_run, tiny_backbone):

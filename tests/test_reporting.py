@@ -11,28 +11,30 @@ from anomalyvfm import reporting
 pytestmark = pytest.mark.filterwarnings("error")  # e.g. numpy's "mean of empty slice" must not happen
 
 NAN = math.nan
-CATEGORY_KEYS = {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "by_lighting",
-                 "n_train", "n_test_good", "n_test_bad", "seconds"}
+CATEGORY_KEYS = {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "seg_f1_baseline_rule",
+                 "by_lighting", "n_train", "n_test_good", "n_test_bad", "seconds"}
 
 
 def lighting(auroc: float, au_pro: float, good: int, bad: int) -> dict:
-    return {"image_auroc": auroc, "au_pro_0.05": au_pro, "n_good": good, "n_bad": bad}
+    """A lighting group's entry; its SegF1 is half its AU-PRO (any distinct value will do)."""
+    return {"image_auroc": auroc, "au_pro_0.05": au_pro, "seg_f1": None if au_pro is None else au_pro / 2,
+            "n_good": good, "n_bad": bad}
 
 
-def category(auroc, ap, class_f1, pro05, pro30, seg_f1, by_lighting, n_train, good, bad, seconds) -> dict:
+def category(auroc, ap, class_f1, pro05, pro30, seg_f1, seg_f1_rule, by_lighting, n_train, good, bad, seconds) -> dict:
     return {"image_auroc": auroc, "image_ap": ap, "class_f1": class_f1, "au_pro_0.05": pro05, "au_pro_0.30": pro30,
-            "seg_f1": seg_f1, "by_lighting": by_lighting, "n_train": n_train, "n_test_good": good,
-            "n_test_bad": bad, "seconds": seconds}
+            "seg_f1": seg_f1, "seg_f1_baseline_rule": seg_f1_rule, "by_lighting": by_lighting, "n_train": n_train,
+            "n_test_good": good, "n_test_bad": bad, "seconds": seconds}
 
 
 @pytest.fixture
 def categories() -> dict:
     # class_f1 is NaN everywhere; image_auroc and seg_f1 are NaN in one category only.
     return {
-        "vial": category(0.9, 0.8, NAN, 0.5, 0.7, NAN,
+        "vial": category(0.9, 0.8, NAN, 0.5, 0.7, NAN, 0.1,
                          {"regular": lighting(0.95, 0.6, 10, 20), "overexposed": lighting(NAN, 0.3, 5, 0)},
                          100, 30, 40, 12.25),
-        "can": category(NAN, 0.6, NAN, 0.3, 0.5, 0.4,
+        "can": category(NAN, 0.6, NAN, 0.3, 0.5, 0.4, 0.3,
                         {"regular": lighting(0.85, 0.4, 8, 12), "shift": lighting(0.7, 0.2, 4, 6)},
                         50, 20, 10, 7.5),
     }
@@ -49,7 +51,7 @@ def test_mean_metrics_are_means_ignoring_nan(categories):
     assert mean["image_ap"] == pytest.approx(0.7)
     assert math.isnan(mean["class_f1"])  # NaN in every category
     assert mean["au_pro_0.05"] == pytest.approx(0.4) and mean["au_pro_0.30"] == pytest.approx(0.6)
-    assert mean["seg_f1"] == pytest.approx(0.4)
+    assert mean["seg_f1"] == pytest.approx(0.4) and mean["seg_f1_baseline_rule"] == pytest.approx(0.2)
     assert (mean["n_train"], mean["n_test_good"], mean["n_test_bad"]) == (75, 25, 25)
     assert mean["seconds"] == pytest.approx(9.875)
     assert list(mean["by_lighting"]) == ["regular", "overexposed", "shift"]  # MVTec AD 2's order
@@ -92,11 +94,13 @@ def test_results_csv_has_sorted_rows_a_mean_row_and_a_total_row(tmp_path, catego
     reporting.write_results_csv(path, categories)
     rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
     assert rows[0] == ["category", "image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1",
-                       "n_train", "n_test_good", "n_test_bad", "seconds", "reused"]
-    assert rows[1] == ["can", "", "0.6000", "", "0.3000", "0.5000", "0.4000", "50", "20", "10", "7.5", "false"]
-    assert rows[2] == ["vial", "0.9000", "0.8000", "", "0.5000", "0.7000", "", "100", "30", "40", "12.2", "true"]
-    assert rows[3] == ["Mean", "0.9000", "0.7000", "", "0.4000", "0.6000", "0.4000", "75", "25", "25", "9.9", ""]
-    assert rows[4] == ["Total", "", "", "", "", "", "", "150", "50", "50", "19.8", ""]
+                       "seg_f1_baseline_rule", "n_train", "n_test_good", "n_test_bad", "seconds", "reused"]
+    assert rows[1] == ["can", "", "0.6000", "", "0.3000", "0.5000", "0.4000", "0.3000", "50", "20", "10", "7.5", "false"]
+    assert rows[2] == ["vial", "0.9000", "0.8000", "", "0.5000", "0.7000", "", "0.1000", "100", "30", "40", "12.2",
+                       "true"]
+    assert rows[3] == ["Mean", "0.9000", "0.7000", "", "0.4000", "0.6000", "0.4000", "0.2000", "75", "25", "25", "9.9",
+                       ""]
+    assert rows[4] == ["Total", "", "", "", "", "", "", "", "150", "50", "50", "19.8", ""]
     assert len(rows) == 5
 
 
@@ -114,21 +118,25 @@ def test_summary_lists_results_warnings_and_skipped_files(tmp_path, categories):
     assert "Scorer" not in text  # absent config keys are skipped
     header = next(line for line in lines if line.split()[:3] == ["Category", "Img", "AUROC"])
     assert header.split() == ["Category", "Img", "AUROC", "Img", "AP", "ClassF1", "AU-PRO@0.05", "AU-PRO@0.30",
-                              "SegF1", "train", "good", "bad", "seconds"]
+                              "SegF1", "SegF1", "3σ", "train", "good", "bad", "seconds"]
     # Each name starts one row of the main table, then one of the lighting table.
     can, vial, mean, total = ([line.split()[1:] for line in lines if line.split()[:1] == [name]]
                               for name in ("can", "vial", "Mean", "Total"))
-    assert can[0] == ["n/a", "0.6000", "n/a", "0.3000", "0.5000", "0.4000", "50", "20", "10", "7.5"]
-    assert vial[0] == ["(reused)", "0.9000", "0.8000", "n/a", "0.5000", "0.7000", "n/a", "100", "30", "40", "12.2"]
-    assert mean[0] == ["0.9000", "0.7000", "n/a", "0.4000", "0.6000", "0.4000", "75", "25", "25", "9.9"]
-    assert total[0] == ["-"] * 6 + ["150", "50", "50", "19.8"]
+    assert can[0] == ["n/a", "0.6000", "n/a", "0.3000", "0.5000", "0.4000", "0.3000", "50", "20", "10", "7.5"]
+    assert vial[0] == ["(reused)", "0.9000", "0.8000", "n/a", "0.5000", "0.7000", "n/a", "0.1000", "100", "30", "40",
+                       "12.2"]
+    assert mean[0] == ["0.9000", "0.7000", "n/a", "0.4000", "0.6000", "0.4000", "0.2000", "75", "25", "25", "9.9"]
+    assert total[0] == ["-"] * 7 + ["150", "50", "50", "19.8"]
     lighting_header = next(line for line in lines if line.split()[:3] == ["Category", "regular", "AUROC"])
     assert lighting_header.split() == ["Category", *(word for group in ("regular", "overexposed", "shift")
-                                                     for word in (group, "AUROC", group, "AU-PRO", group, "good/bad"))]
-    assert can[1] == ["0.8500", "0.4000", "8/12", "n/a", "n/a", "-", "0.7000", "0.2000", "4/6"]
-    assert vial[1] == ["(reused)", "0.9500", "0.6000", "10/20", "n/a", "0.3000", "5/0", "n/a", "n/a", "-"]
-    assert mean[1] == ["0.9000", "0.5000", "9/16", "n/a", "0.3000", "5/0", "0.7000", "0.2000", "4/6"]
-    assert total[1] == ["-", "-", "18/32", "-", "-", "5/0", "-", "-", "4/6"]
+                                                     for word in (group, "AUROC", group, "AU-PRO", group, "SegF1",
+                                                                  group, "good/bad"))]
+    assert can[1] == ["0.8500", "0.4000", "0.2000", "8/12", "n/a", "n/a", "n/a", "-", "0.7000", "0.2000", "0.1000", "4/6"]
+    assert vial[1] == ["(reused)", "0.9500", "0.6000", "0.3000", "10/20", "n/a", "0.3000", "0.1500", "5/0",
+                       "n/a", "n/a", "n/a", "-"]
+    assert mean[1] == ["0.9000", "0.5000", "0.2500", "9/16", "n/a", "0.3000", "0.1500", "5/0",
+                       "0.7000", "0.2000", "0.1000", "4/6"]
+    assert total[1] == ["-", "-", "-", "18/32", "-", "-", "-", "5/0", "-", "-", "-", "4/6"]
     assert len(can) == len(vial) == len(mean) == len(total) == 2
     sections = [lines.index(title) for title in ("Run", "How to read", "Warnings", "Skipped files")]
     assert sections == sorted(sections)
@@ -146,14 +154,14 @@ def test_summary_lists_results_warnings_and_skipped_files(tmp_path, categories):
     ({"DEVICE": "auto"}, None, "  Device   auto"),
 ])
 def test_summary_shows_the_resolved_device(config, device_used, shown):
-    metrics = category(0.5, 0.5, 0.5, 0.5, 0.5, 0.5, {}, 1, 1, 1, 1.0)
+    metrics = category(0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, {}, 1, 1, 1, 1.0)
     text = reporting.format_summary({"rice": metrics}, config=config, warnings=[], skipped_files=[],
                                     code_version="x", started="s", finished="f", device_used=device_used)
     assert shown in text.splitlines()
 
 
 def test_summary_says_none_without_warnings_skipped_files_or_lighting():
-    metrics = category(0.5, 0.5, 0.5, 0.5, 0.5, 0.5, {}, 1, 1, 1, 1.0)
+    metrics = category(0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, {}, 1, 1, 1, 1.0)
     text = reporting.format_summary({"rice": metrics}, config={}, warnings=[], skipped_files=[], code_version="x",
                                     started="s", finished="f", title="T")
     lines = text.splitlines()
