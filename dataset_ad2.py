@@ -20,18 +20,21 @@ Public API
 - ``Sample``: one image (path, category, split, label, lighting, mask path, relative path).
 - ``lighting_of(name)``, ``lighting_group(lighting)``: lighting parsed from a file name.
 - ``category_root``, ``list_categories``, ``list_samples``, ``load_category`` -> ``CategoryData``:
-  enumeration; these read directory listings only, never pixels.
+  enumeration; these read directory listings only, never pixels. ``CategoryData.without(paths)``
+  leaves images out (e.g. the ones a run could not read).
 - ``image_size(path)``: ``(H, W)`` from the file header. ``load_image(path)``: ``[H, W, 3] uint8``
   RGB at the original size. ``load_mask(sample_or_path)``, ``read_mask(path)``: ``[H, W] bool``.
-- ``check_readable(samples)``: splits samples into readable ones and ``(path, reason)`` pairs.
 
 Unreadable images
 -----------------
 Enumeration does not decode images, so a truncated or corrupt file is only found when it is
 read: ``load_image``/``load_mask``/``image_size`` then raise ``UnreadableImageError`` naming the
-file. A long run should not die on one bad file, so the pipeline first filters each split with
-``check_readable`` (which decodes every image and mask once), skips what it reports, and lists
-the skipped files as warnings in the run summary.
+file. A long run should not die on one bad file, and should not decode every file twice to
+find one, so the pipeline checks nothing up front: the one decode that feeds the backbone
+(``anomalyvfm.backbone.ImageLoader``) finds an unreadable image, the run leaves it out and lists
+it as a warning in the run summary. A mask's header (its size) is checked before the run and
+its pixels are read when its category is evaluated; an unreadable mask stops the run with an
+error naming it (a defective image cannot be evaluated without its mask).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -67,13 +71,19 @@ class DatasetError(ValueError):
 
 
 class UnreadableImageError(DatasetError):
-    """An image or mask file that cannot be decoded (truncated, corrupt, not an image)."""
+    """An image or mask file that cannot be decoded (truncated, corrupt, not an image).
 
-    def __init__(self, path: str | Path, reason: str):
+    ``what``: ``"image"`` or ``"mask"``; a mask cannot simply be deleted (its defective image
+    needs it), so its message says to replace it.
+    """
+
+    def __init__(self, path: str | Path, reason: str, what: str = "image"):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"Cannot read image {self.path}: {reason}. Expected a complete "
-                         f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file; replace or delete it.")
+        remedy = ("replace it (e.g. unpack it again from the dataset archive), or delete it together with its "
+                  "defective test image" if what == "mask" else "replace or delete it")
+        super().__init__(f"Cannot read {what} {self.path}: {reason}. Expected a complete "
+                         f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file; {remedy}.")
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,12 @@ class CategoryData:
         _check_split(name)
         return getattr(self, name)
 
+    def without(self, paths: Iterable[Path]) -> "CategoryData":
+        """A copy without the samples whose image is one of ``paths``."""
+        left_out = set(map(Path, paths))
+        return CategoryData(root=self.root, name=self.name, **{
+            split: [s for s in self.split(split) if s.path not in left_out] for split in SPLITS})
+
 
 def load_category(data_root: str | Path, category: str) -> CategoryData:
     """Enumerate and validate a category; ``DatasetError`` on a missing/empty ``train/good`` or missing masks."""
@@ -222,19 +238,19 @@ def load_category(data_root: str | Path, category: str) -> CategoryData:
 
 
 # -- pixels ---------------------------------------------------------------------------------------
-def _open(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path``; any failure becomes ``UnreadableImageError``."""
+def _open(path: str | Path, what: str = "image") -> Image.Image:
+    """Open and fully decode ``path``; any failure becomes ``UnreadableImageError`` (about an image or a mask)."""
     try:
         image = Image.open(path)
     except FileNotFoundError as error:
-        raise UnreadableImageError(path, "no such file") from error
+        raise UnreadableImageError(path, "no such file", what) from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(path, f"not a readable image ({error})") from error
+        raise UnreadableImageError(path, f"not a readable image ({error})", what) from error
     try:
         image.load()  # decode now so truncation surfaces here (ImageFile.LOAD_TRUNCATED_IMAGES stays off)
     except (OSError, SyntaxError, ValueError) as error:
         image.close()
-        raise UnreadableImageError(path, f"truncated or corrupt ({error})") from error
+        raise UnreadableImageError(path, f"truncated or corrupt ({error})", what) from error
     return image
 
 
@@ -276,7 +292,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     """A mask file as ``[H, W] bool``: any non-zero value is defect, in any format Pillow decodes
     (grey, 16-bit, palette, RGB(A): the channels' maximum, alpha ignored). The one mask decoder of
     the package: the metrics read mask files through it too. ``UnreadableImageError`` names the file."""
-    mask = _open(path)
+    mask = _open(path, "mask")
     if mask.mode in ("P", "PA"):  # palette indices are not intensities
         mask = mask.convert("RGBA")
     values = np.asarray(mask)
@@ -309,20 +325,3 @@ def load_mask(sample_or_path: Sample | str | Path, expected_size: tuple[int, int
                            f"{expected_size[0]}x{expected_size[1]}; a mask must have its image's size.")
     return values
 
-
-def check_readable(samples: list[Sample]) -> tuple[list[Sample], list[tuple[Path, str]]]:
-    """Decode every image (and mask) once: ``(readable samples, [(unreadable path, reason)])``.
-
-    This is the pipeline's pre-filter; it costs one decoding pass over the files.
-    """
-    readable, unreadable = [], []
-    for sample in samples:
-        try:
-            for path in (sample.path, sample.mask_path):
-                if path is not None:
-                    _open(path).close()
-        except UnreadableImageError as error:
-            unreadable.append((error.path, error.reason))
-        else:
-            readable.append(sample)
-    return readable, unreadable

@@ -297,13 +297,15 @@ class ImageLoader:
         self._pool = (ProcessPoolExecutor(self.num_workers, initializer=_worker_init)
                       if self.num_workers > 0 else None)
 
-    def batches(self, paths: Sequence[Path], image_size: int, patch_size: int
-                ) -> Iterator[tuple[list[int], torch.Tensor]]:
+    def batches(self, paths: Sequence[Path], image_size: int, patch_size: int, *, pixels: bool = False
+                ) -> Iterator[tuple[list[int], torch.Tensor] | tuple[list[int], torch.Tensor, torch.Tensor]]:
         """Yield ``(indices, images [B, 3, h, w] float in [0, 1] on the loader's device)`` over ``paths``.
 
         Images of one batch share their network input size (shorter side ``image_size``);
-        ``indices`` point into ``paths``. Unreadable images are skipped; once the pass is
-        exhausted, ``self.unreadable`` lists them (reset at the start of every pass).
+        ``indices`` point into ``paths``. ``pixels``: yield ``(indices, images, uint8 [B, 3, h, w]
+        on the CPU)`` instead, the same inputs before the conversion (4x smaller to keep; no copy
+        back from the device). Unreadable images are skipped; once the pass is exhausted,
+        ``self.unreadable`` lists them (reset at the start of every pass).
         """
         self.unreadable = []
         failures: list[tuple[int, str]] = []
@@ -317,10 +319,11 @@ class ImageLoader:
                 failures.append((index, error.reason))
         tasks = [[(readable[i], Path(paths[readable[i]]), sizes[i]) for i in batch]
                  for batch in _SameSizeBatches(sizes, self.batch_size)]
-        for indices, pixels, unreadable in self._decoded(tasks):
+        for indices, decoded, unreadable in self._decoded(tasks):
             failures += unreadable
-            if pixels is not None:
-                yield indices, self._to_device(torch.from_numpy(pixels))
+            if decoded is not None:
+                uint8 = torch.from_numpy(decoded)
+                yield (indices, self._to_device(uint8), uint8) if pixels else (indices, self._to_device(uint8))
         self.unreadable = [(Path(paths[index]), reason) for index, reason in sorted(failures)]
 
     def _decoded(self, tasks: list[_BatchTask]) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:

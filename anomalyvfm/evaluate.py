@@ -1,10 +1,14 @@
 """Metrics of a category from its saved scores and maps alone (no model, no backbone).
 
-A category folder holds ``scores.csv`` (one row per validation and test_public image) and
-``maps/<relative path>.tiff`` (float16 anomaly maps at the original size). Both may have been
-edited or damaged since they were written, so they are checked as they are read: a path that
-leaves the category folder, a NaN score or map, or a missing map is a ``PipelineError``
-naming the file (and row).
+A category folder holds ``scores.csv`` (one row per readable validation and test_public image),
+``maps/<relative path>.tiff`` (float16 anomaly maps at the original size) and ``fit.json`` (with
+the images the fit left out as unreadable). They may have been edited or damaged since they
+were written, so they are checked as they are read: a path that leaves the category folder, a
+NaN score or map, or a missing map is a ``PipelineError`` naming the file (and row).
+
+Only the test images with a row are evaluated. Each map and each ground-truth mask is decoded
+once per evaluation when the category's maps (masks) fit in ``PRELOAD_BYTES``, else streamed
+from disk by every metric.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ FPR_LIMITS = (0.05, 0.3)
 PRO_BINS = 20_000  # streaming AU-PRO; agrees with the exact computation within 1e-3 (tests)
 SCORE_FIELDS = ("relative_path", "split", "label", "lighting", "image_score")
 SCORED_SPLITS = ("validation", "test_public")
-PRELOAD_BYTES = 1 << 30  # maps of a category smaller than this (as float16) are read once, not once per metric
+# The maps (float16) of a category, and separately its masks (bool), smaller than this are read once, not once per metric.
+PRELOAD_BYTES = 1 << 30
+SKIPPED_KEY = "skipped"  # fit.json: [[path, reason], ...], the images a fit left out as unreadable
 REFIT_HINT = "rerun the category with --FORCE=true"
 
 
@@ -109,11 +115,25 @@ def missing_maps(category_dir: Path, rows: Sequence[dict]) -> list[Path]:
     return [path for path in (map_path(category_dir, r["relative_path"]) for r in rows) if not path.is_file()]
 
 
-def _checked_maps(paths: list[Path], samples: Sequence[dataset_ad2.Sample]) -> list:
-    """Check every saved map for NaN/inf (naming the file); return them as float16 arrays when they fit
-    in ``PRELOAD_BYTES``, else their paths (AD 2-scale categories stay streamed one map at a time)."""
-    total = sum(2 * h * w for h, w in (dataset_ad2.image_size(s.path) for s in samples))
-    preload = total <= PRELOAD_BYTES
+def recorded_skips(category_dir: Path) -> list[tuple[str, str]]:
+    """``(path, reason)`` of the images the category's fit left out as unreadable, from its ``fit.json``
+    (none without one); ``PipelineError`` naming the file when the list is malformed."""
+    path = category_dir / "fit.json"
+    if not path.is_file():
+        return []
+    record = model_io.read_json(path)
+    entries = record.get(SKIPPED_KEY, []) if isinstance(record, dict) else None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(v, str) for v in e) for e in entries):
+        raise PipelineError(f"{path}: {SKIPPED_KEY!r} must be a list of [path, reason] pairs; {REFIT_HINT}.")
+    return [(file, reason) for file, reason in entries]
+
+
+def _checked_maps(paths: list[Path], sizes: Sequence[tuple[int, int]]) -> list:
+    """Check every saved map for NaN/inf (naming the file); return them as float16 arrays when the
+    ``sizes`` ``(H, W)`` of their images add up to at most ``PRELOAD_BYTES``, else their paths
+    (AD 2-scale categories stay streamed one map at a time)."""
+    preload = sum(2 * h * w for h, w in sizes) <= PRELOAD_BYTES
     loaded = []
     for path in paths:
         values = model_io.read_map(path, np.float16)
@@ -123,8 +143,23 @@ def _checked_maps(paths: list[Path], samples: Sequence[dataset_ad2.Sample]) -> l
     return loaded
 
 
+def _decoded_masks(samples: Sequence[dataset_ad2.Sample], sizes: Sequence[tuple[int, int]]) -> list:
+    """The ground truth of each sample for the metrics: None for a good image; for a defective one its
+    mask decoded once as ``[H, W]`` bool when all of them (``sizes`` ``(H, W)`` of the images) fit in
+    ``PRELOAD_BYTES``, else its path (decoded by each metric). An unreadable mask raises
+    ``UnreadableImageError`` naming it."""
+    paths = [s.mask_path for s in samples]
+    if sum(h * w for path, (h, w) in zip(paths, sizes) if path is not None) > PRELOAD_BYTES:
+        return paths
+    return [None if path is None else dataset_ad2.read_mask(path) for path in paths]
+
+
 def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> CategoryOutcome:
-    """All metrics of a category from its saved scores and maps alone (no model needed)."""
+    """All metrics of a category from its saved scores and maps alone (no model needed).
+
+    ``data``: the category without the images its fit left out (``recorded_skips``), so that counts
+    such as ``n_train`` are of the images used.
+    """
     scores_file = category_dir / "scores.csv"
     rows = read_scores_csv(scores_file)
     by_path = {s.relative_path: s for s in data.test_public}
@@ -141,8 +176,9 @@ def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> Cat
     scores = np.array([r["image_score"] for r in test])
     labels = np.array([r["label"] for r in test])
     val_scores = np.array([r["image_score"] for r in validation])
-    maps = _checked_maps([map_path(category_dir, s.relative_path) for s in samples], samples)
-    masks = [s.mask_path for s in samples]
+    sizes = [dataset_ad2.image_size(s.path) for s in samples]  # headers only
+    maps = _checked_maps([map_path(category_dir, s.relative_path) for s in samples], sizes)
+    masks = _decoded_masks(samples, sizes)
     val_maps = _checked_maps([map_path(category_dir, r["relative_path"]) for r in validation], [])
 
     # The product's thresholds (chosen at fit time, see ``calibration``) and the AD 2 paper's baseline rule.

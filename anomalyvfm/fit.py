@@ -1,18 +1,22 @@
 """Fitting a category: backbone features, the heads and scorers of each scale, and raw distances.
 
     train images -> backbone (once per image) -> illumination range
-                 -> synthetic samples (nuisance + pasted defect) -> heads training
-                 -> Gaussian / kNN fit on normal embeddings                      (``Runner.fit_scale``)
+                 -> synthetic samples (nuisance + pasted defect, from the same decoded inputs)
+                 -> heads training -> Gaussian / kNN fit on normal embeddings     (``Runner.fit_scale``)
     validation + test_public -> raw distances -> score fusion, maps saved as float16 TIFF, scores.csv
-    validation + lighting variants + synthetic defects -> thresholds (``calibration``) -> model/
-                                                                                  (``fit_category``)
+    validation (kept decoded inputs) + lighting variants + synthetic defects
+                 -> thresholds (``calibration``) -> model/                        (``fit_category``)
+
+Every image is decoded once per pass, by the run's one ``ImageLoader``; sizes come from file
+headers. An image that cannot be decoded is left out (not an error) and recorded in
+``Runner.unreadable``; ``fit.json`` lists a category's, so that a reused category reports them too.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,10 +24,10 @@ from tqdm.auto import tqdm
 
 import dataset_ad2
 from anomalyvfm import model_io, plots, timing
-from anomalyvfm.backbone import FeatureExtractor, Features, autocast, iterate_images, load_backbone, normalize, to_input
+from anomalyvfm.backbone import FeatureExtractor, Features, ImageLoader, autocast, load_backbone, normalize
 from anomalyvfm.calibration import calibrate_thresholds
 from anomalyvfm.config import Config
-from anomalyvfm.evaluate import map_path, write_scores_csv
+from anomalyvfm.evaluate import SKIPPED_KEY, map_path, write_scores_csv
 from anomalyvfm.illumination import IlluminationRange, channel_stats
 from anomalyvfm.method import Method
 from anomalyvfm.preflight import check_device
@@ -35,10 +39,15 @@ from anomalyvfm.training import make_training_tokens
 
 
 PREVIEW_SAMPLES = 12  # synthetic samples shown in <category>/synthetic_samples.png
+TRAIN_AS_VALIDATION = ("thresholds and score fusion use the training images instead (biased low: expect more "
+                       "false alarms).")
 
 
 class Runner:
-    """Holds the backbone and device for a run; fits and scores categories."""
+    """Holds the backbone, the device and the image loader for a run; fits and scores categories.
+
+    A context manager: ``close()`` (on exit) ends the loader's decode workers.
+    """
 
     def __init__(self, config: Config, method: Method, *, backbone: torch.nn.Module | None = None,
                  progress: bool = True) -> None:
@@ -47,24 +56,49 @@ class Runner:
         model = backbone if backbone is not None else load_backbone(config.BACKBONE)
         # Checks FEATURE_LAYERS against the backbone's depth (BackboneError), before any fit.
         self.extractor = FeatureExtractor(model, config.FEATURE_LAYERS, attention=method.needs_attention).to(self.device)
+        # Last: a failed backbone load above leaves no worker processes behind.
+        self.loader = ImageLoader(config.NUM_WORKERS, batch_size=config.BATCH_SIZE, device=self.device)
+        # Every image this run could not decode, with the reason, in the order found.
+        self.unreadable: dict[Path, str] = {}
+        # Decoded network inputs (uint8 [3, h, w]) that ``raw_scores`` was asked to keep, by path.
+        self.kept_inputs: dict[Path, torch.Tensor] = {}
+
+    def close(self) -> None:
+        self.loader.close()
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def unreadable_among(self, paths: Iterable[Path]) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the images among ``paths`` that this run could not decode, in ``paths`` order."""
+        return [(str(path), self.unreadable[path]) for path in paths if path in self.unreadable]
 
     # -- backbone ---------------------------------------------------------------------------
     def features(self, paths: Sequence[Path], image_size: int, desc: str,
-                 illumination: IlluminationRange | None = None
-                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, torch.Tensor]]]:
-        """Backbone features of images on disk, batch by batch, with their indices and the per-channel
-        mean and std ``[B, 3]`` each of the decoded inputs (before ``illumination`` projects them)."""
-        batches = iterate_images(paths, image_size, self.extractor.patch_size, batch_size=self.config.BATCH_SIZE,
-                                 num_workers=self.config.NUM_WORKERS)
+                 illumination: IlluminationRange | None = None, *, pixels: bool = False
+                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]]:
+        """Backbone features of images on disk, batch by batch: their indices, features, the per-channel
+        mean and std ``[B, 3]`` each of the decoded inputs (before ``illumination`` projects them) and,
+        with ``pixels``, those inputs as uint8 ``[B, 3, h, w]`` on the CPU (else None).
+
+        An image that cannot be decoded is skipped: no batch holds it, and once the pass is over it
+        is in ``self.unreadable``.
+        """
+        batches = self.loader.batches(paths, image_size, self.extractor.patch_size, pixels=pixels)
         with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=not self.progress or None) as bar:
             while True:
                 with timing.stage("load"):
                     batch = next(batches, None)
                 if batch is None:
-                    return
-                indices, images = batch
-                yield indices, self._forward(images, illumination), channel_stats(images)
+                    break
+                indices, images = batch[0], batch[1]
+                yield indices, self._forward(images, illumination), channel_stats(images), batch[2] if pixels else None
                 bar.update(len(indices))
+        for path, reason in self.loader.unreadable:
+            self.unreadable.setdefault(path, reason)
 
     def _forward(self, images: torch.Tensor, illumination: IlluminationRange | None) -> Features:
         with timing.stage("backbone"), autocast(self.device):
@@ -92,24 +126,41 @@ class Runner:
 
     # -- fitting ----------------------------------------------------------------------------
     def fit_scale(self, train: Sequence[dataset_ad2.Sample], image_size: int) -> ScaleModel:
-        """Backbone over the training images, illumination range, synthetic samples, heads training, scorer fit."""
+        """Backbone over the training images, illumination range, synthetic samples, heads training, scorer fit.
+
+        Unreadable training images are left out; ``DatasetError`` if none is readable.
+        """
         config, paths = self.config, [s.path for s in train]
+        synthesize = config.EPOCHS > 0 and config.SYNTHETIC_SAMPLES > 0
         cls_tokens = torch.zeros(len(train), self.extractor.dim)
         means, stds = torch.zeros(len(train), 3), torch.zeros(len(train), 3)
         patch_grids: list[torch.Tensor] = [torch.empty(0)] * len(train)
-        for indices, features, (mean, std) in self.features(paths, image_size, f"features train @{image_size}"):
+        inputs: list[torch.Tensor] = [torch.empty(0)] * len(train)  # uint8 [3, h, w]: the synthetic samples' sources
+        read: list[int] = []
+        for indices, features, (mean, std), pixels in self.features(paths, image_size, f"features train @{image_size}",
+                                                                   pixels=synthesize):
             cls_tokens[indices], means[indices], stds[indices] = features.cls, mean, std
             for row, index in enumerate(indices):
                 patch_grids[index] = features.patches[row].half()  # half: train grids are the run's largest memory
+                if pixels is not None:
+                    inputs[index] = pixels[row]
+            read += indices
+        if not read:
+            raise dataset_ad2.DatasetError(f"{paths[0].parent} has no readable image; cannot fit a model.")
+        read.sort()  # the readable images in their listing order, as if the others were not there
+        cls_tokens, means, stds = cls_tokens[read], means[read], stds[read]
+        patch_grids, inputs = [patch_grids[i] for i in read], [inputs[i] for i in read]
         illumination = IlluminationRange.of(means, stds)
         normal_sample = sample_tokens(patch_grids, MAX_FIT_TOKENS, config.SEED)
         rank, alpha = self.method.lora_shape(config, normal_sample)
         training = None
-        if config.EPOCHS > 0 and config.SYNTHETIC_SAMPLES > 0:
+        if synthesize:
             patch = self.extractor.patch_size
-            load = lambda i: to_input(dataset_ad2.load_image(paths[i]), tuple(patch_grids[i].shape[:2] * np.array(patch)))
+            # The decoded inputs of the pass above, as the backbone saw them (no second decode).
+            load = lambda i: inputs[i].float().div_(255.0)
             with timing.stage("synthetic"):
-                samples = make_synthetic_samples(load, len(train), config.SYNTHETIC_SAMPLES, config.SEED)
+                samples = make_synthetic_samples(load, len(read), config.SYNTHETIC_SAMPLES, config.SEED)
+            inputs.clear()  # each sample holds its own image: the sources' memory is free before training
             synthetic = self.forward_tensors([s.image for s in samples], illumination)
             training = make_training_tokens([f.patches for f in synthetic], [token_labels(s.mask, patch) for s in samples])
         with timing.stage("training"):
@@ -126,11 +177,21 @@ class Runner:
                           synthetic_preview=preview)
 
     # -- scoring ----------------------------------------------------------------------------
-    def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str) -> RawScores:
-        """Per image: CLS distance, patch distance grid, input size and CLS embedding at one scale."""
+    def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str,
+                   keep_inputs: Collection[int] = ()) -> RawScores:
+        """Per image: CLS distance, patch distance grid, input size and CLS embedding at one scale.
+
+        An unreadable image keeps placeholders (an empty grid, input size (0, 0)); see ``raw_scores``.
+        The decoded inputs of the images at ``keep_inputs`` (indices into ``paths``) are kept in
+        ``self.kept_inputs`` (uint8 ``[3, h, w]`` by path), for use after the pass without a second decode.
+        """
         raw = RawScores.empty(len(paths), self.extractor.dim)
-        for indices, features, _ in self.features(paths, scale.image_size, desc, scale.illumination):
+        for indices, features, _, pixels in self.features(paths, scale.image_size, desc, scale.illumination,
+                                                          pixels=bool(keep_inputs)):
             self._score_batch(scale, indices, features, raw)
+            for row, index in enumerate(indices):
+                if index in keep_inputs:
+                    self.kept_inputs[Path(paths[index])] = pixels[row]
         return raw
 
     def raw_scores_of_images(self, scale: ScaleModel, images: Sequence[torch.Tensor]) -> RawScores:
@@ -158,8 +219,17 @@ class Runner:
             raw.embeddings[indices] = cls_embedding.numpy()
 
 
-def raw_scores(runner: Runner, scales: Sequence[ScaleModel], paths: Sequence[Path], desc: str) -> list[RawScores]:
-    return [runner.raw_scores(scale, paths, f"{desc} @{scale.image_size}") for scale in scales]
+def raw_scores(runner: Runner, scales: Sequence[ScaleModel], paths: Sequence[Path], desc: str,
+               keep_inputs: Collection[int] = ()) -> tuple[list[int], list[RawScores]]:
+    """The readable images among ``paths`` (their indices, ascending) and, per scale, their ``RawScores``.
+
+    An image unreadable in any pass of the run is left out at every scale (it is in ``runner.unreadable``).
+    ``keep_inputs``: images whose decoded inputs at the first scale stay in ``runner.kept_inputs``.
+    """
+    raws = [runner.raw_scores(scale, paths, f"{desc} @{scale.image_size}", keep_inputs if number == 0 else ())
+            for number, scale in enumerate(scales)]
+    kept = [index for index, path in enumerate(paths) if Path(path) not in runner.unreadable]
+    return kept, [raw.subset(kept) for raw in raws]
 
 
 def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: Path, dataset_fingerprint: str,
@@ -167,20 +237,22 @@ def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: P
     """Fit a category's model, score validation and test_public, and save everything under ``category_dir``.
 
     Writes ``maps/``, ``scores.csv``, ``embeddings.npy``, ``model/`` and, last, ``fit.json``
-    (seconds, losses, and the fingerprint of the dataset listing the model was made from).
+    (seconds, losses, the fingerprint of the dataset listing the model was made from, and the
+    images left out as unreadable). An unreadable image gets no row in ``scores.csv`` and no map.
     """
     config, method = runner.config, runner.method
     start = time.perf_counter()
     torch.manual_seed(config.SEED)
+    scales = [runner.fit_scale(data.train, size) for size in method.image_sizes(config)]
+    train = [s for s in data.train if s.path not in runner.unreadable]
     validation = data.validation
     if not validation:
-        notes.append(f"{data.name}: no validation/good images; thresholds and score fusion use the training "
-                     "images instead (biased low: expect more false alarms).")
-        validation = data.train
-    scales = [runner.fit_scale(data.train, size) for size in method.image_sizes(config)]
-    scored = list(validation) + list(data.test_public)
-    raws = raw_scores(runner, scales, [s.path for s in scored], "score")
-    n_val = len(validation)
+        notes.append(f"{data.name}: no validation/good images; {TRAIN_AS_VALIDATION}")
+        validation = train
+    scored, raws, n_val = _readable_scores(runner, scales, validation, data.test_public)
+    if not n_val:  # only unreadable validation images: as if there were none (the test images are scored again)
+        notes.append(f"{data.name}: no readable validation/good image; {TRAIN_AS_VALIDATION}")
+        scored, raws, n_val = _readable_scores(runner, scales, train, data.test_public)
     for scale, raw in zip(scales, raws):
         scale.fusion, problems = fit_fusion(raw.subset(range(n_val)))
         notes += [f"{data.name} @{scale.image_size}: {problem}" for problem in problems]
@@ -202,8 +274,10 @@ def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: P
         np.save(temporary, embeddings.astype(np.float16))
 
     validation_raws = [raw.subset(range(n_val)) for raw in raws]
-    load_validation = lambda i: to_input(dataset_ad2.load_image(validation[i].path), validation_raws[0].input_sizes[i])
-    thresholds = calibrate_thresholds(runner, scales, load_validation, validation_raws, config.SEED)
+    kept = [runner.kept_inputs.pop(s.path) for s in scored[:n_val]]  # decoded in the scoring pass above
+    runner.kept_inputs.clear()
+    thresholds = calibrate_thresholds(runner, scales, lambda i: kept[i].float().div(255.0), validation_raws,
+                                      config.SEED)
     if thresholds.record["baseline_rule_fallback"]:
         notes.append(f"{data.name}: F1 on synthetic defects was undefined for the "
                      f"{' and '.join(thresholds.record['baseline_rule_fallback'])} threshold; it uses the baseline "
@@ -215,5 +289,18 @@ def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: P
         "seconds": time.perf_counter() - start,
         "losses": scales[0].losses if len(scales) == 1 else [s.losses for s in scales],
         "thresholds": thresholds.record,
-        "dataset": dataset_fingerprint})
+        "dataset": dataset_fingerprint,
+        SKIPPED_KEY: runner.unreadable_among(s.path for split in ("train", "validation", "test_public")
+                                             for s in data.split(split))})
     return model
+
+
+def _readable_scores(runner: Runner, scales: Sequence[ScaleModel], validation: Sequence[dataset_ad2.Sample],
+                     test: Sequence[dataset_ad2.Sample]) -> tuple[list[dataset_ad2.Sample], list[RawScores], int]:
+    """The readable images of ``validation + test`` (one backbone pass), their raw scores per scale,
+    and how many of them are validation images (they come first). The validation images' decoded
+    inputs stay in ``runner.kept_inputs`` for the thresholds' calibration."""
+    scored = list(validation) + list(test)
+    kept, raws = raw_scores(runner, scales, [s.path for s in scored], "score",
+                            keep_inputs=set(range(len(validation))))
+    return [scored[i] for i in kept], raws, sum(index < len(validation) for index in kept)

@@ -1,8 +1,8 @@
 """A whole run: every category of a ``Config``, then the top-level reports.
 
     checks (preflight) -> lock RESULTS_DIR -> plan: per category evaluate / reuse / fit
-    -> backbone (only if something is fitted or exported) -> per category: fit into staging,
-       evaluate, publish -> reports into staging, publish
+    -> backbone and image loader (only if something is fitted or exported) -> per category: fit
+       into staging, evaluate, publish -> reports into staging, publish
 
 The concerns live in their own modules: ``preflight`` (cheap checks), ``results`` (the
 folder's lock, history and reuse rules), ``fit`` (backbone and fitting), ``model`` (the saved
@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from anomalyvfm import model_io, timing
 from anomalyvfm.config import Config
 from anomalyvfm.errors import PipelineError
-from anomalyvfm.evaluate import CategoryOutcome, evaluate_category, missing_maps, read_scores_csv
+from anomalyvfm.evaluate import CategoryOutcome, evaluate_category, missing_maps, read_scores_csv, recorded_skips
 from anomalyvfm.fit import Runner, fit_category
 from anomalyvfm.method import Method
 from anomalyvfm.model import CategoryModel
@@ -53,39 +54,45 @@ def run(config: Config, method: Method | None = None, *, backbone: torch.nn.Modu
     results_dir = Path(config.RESULTS_DIR)
     check_results_dir(results_dir)
     started = dt.datetime.now()
-    with ResultsFolder(results_dir, started) as results:
-        fingerprints = {name: dataset_fingerprint(data) for name, (data, _) in categories.items()}
+    with ResultsFolder(results_dir, started) as results, ExitStack() as resources:
+        fingerprints = {name: dataset_fingerprint(data) for name, data in categories.items()}
         to_fit = _plan(config, method, categories, results_dir, fingerprints)
         runner = None
         if to_fit or (config.EXPORT_SUBMISSION and not config.EVALUATE_ONLY):
-            runner = Runner(config, method, backbone=backbone, progress=progress)
+            # One runner, hence one pool of decode workers, for the whole run; closed on any exit.
+            runner = resources.enter_context(Runner(config, method, backbone=backbone, progress=progress))
         notes = list(results.notes)
         skipped_files: list[tuple[str, str]] = []
         outcomes: dict[str, CategoryOutcome] = {}
-        for category, (data, skipped) in categories.items():
-            skipped_files += skipped
-            warning = validation_warning(data)
-            notes += [warning] if warning else []
+        for category, data in categories.items():
             category_dir = results_dir / category
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 if category in to_fit:
-                    staged = results.staging(category)
-                    model = fit_category(runner, data, staged, fingerprints[category], notes)
-                    with timing.stage("metrics"):
-                        outcome = evaluate_category(data, staged)
-                    model_io.write_json_atomic(staged / "metrics.json", outcome.metrics)
-                    results.publish(staged, category_dir)  # the earlier folder moves to history only now
+                    folder = results.staging(category)
+                    model = fit_category(runner, data, folder, fingerprints[category], notes)
                 else:
+                    folder = category_dir
                     if not config.EVALUATE_ONLY:
                         log.info("%s: finished earlier with the same settings and data; reusing %s "
                                  "(--FORCE=true refits it)", category, category_dir)
                     model = CategoryModel.load(category_dir / "model") if config.EXPORT_SUBMISSION else None
-                    with timing.stage("metrics"):
-                        outcome = evaluate_category(data, category_dir)
+                # The fit's record of unreadable images (this run's, or an earlier one's for a reused category):
+                # listed in the summary, and evaluated as if they were not there.
+                skipped = recorded_skips(folder)
+                data = data.without(Path(path) for path, _ in skipped)
+                warning = validation_warning(data)
+                notes += [warning] if warning else []
+                with timing.stage("metrics"):
+                    outcome = evaluate_category(data, folder)
+                if category in to_fit:
+                    model_io.write_json_atomic(folder / "metrics.json", outcome.metrics)
+                    results.publish(folder, category_dir)  # the earlier folder moves to history only now
+                else:
                     outcome.metrics["reused"] = True  # its seconds are the original fit's, shown as such
                 if config.EXPORT_SUBMISSION and runner is not None:
-                    export_submission(runner, model, data, results, notes)
+                    skipped += export_submission(runner, model, data, results, notes)
+            skipped_files += skipped
             notes += [f"{category}: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning)]
             outcomes[category] = outcome
             m = outcome.metrics

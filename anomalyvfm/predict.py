@@ -60,13 +60,15 @@ def predict(config: Config, method: Method, *, backbone: torch.nn.Module | None 
         run_config = config.replace(**{k: v for k, v in model.settings.items() if k in MODEL_SETTINGS})
     except ConfigError as error:
         raise PipelineError(f"{model_folder / 'model.json'} holds invalid settings: {error}") from None
-    runner = Runner(run_config, method, backbone=backbone, progress=progress)
-    raws = raw_scores(runner, model.scales, paths, "predict")
+    with Runner(run_config, method, backbone=backbone, progress=progress) as runner:
+        _, raws = raw_scores(runner, model.scales, paths, "predict")
+    if runner.unreadable:  # an input named on purpose: an error, before anything is written
+        raise dataset_ad2.UnreadableImageError(*next(iter(runner.unreadable.items())))
     scores = fused_scores(method, model.scales, raws)
     out = _new_folder(Path(config.RESULTS_DIR) / "predictions", f"{category}-{dt.datetime.now():%Y%m%d-%H%M%S-%f}")
     rows = []
     for index, (path, name) in enumerate(zip(paths, names)):
-        image = dataset_ad2.load_image(path)
+        image = dataset_ad2.load_image(path)  # the overlay's pixels: the one decode besides the backbone's
         full = full_size_map(raws, index, image.shape[:2])
         anomalous = anomalous_pixels(full, model.pixel_threshold)
         model_io.write_map_tiff(out / "maps" / f"{name}.tiff", full)
@@ -109,11 +111,13 @@ def _prediction_inputs(target: Path) -> list[Path]:
 
 
 def export_submission(runner: Runner, model: CategoryModel, data: dataset_ad2.CategoryData, results: ResultsFolder,
-                      notes: list[str]) -> None:
+                      notes: list[str]) -> list[tuple[str, str]]:
     """Official MVTec AD 2 upload files: float16 TIFF maps at the original size and {0, 255} PNG masks.
 
     Each split's files are written to staging and replace the earlier export only when complete.
+    Unreadable images get no files; returns them as ``(path, reason)`` for the run summary.
     """
+    skipped: list[tuple[str, str]] = []
     for split in ("test_private", "test_private_mixed"):
         samples = data.split(split)
         if not samples:
@@ -122,11 +126,14 @@ def export_submission(runner: Runner, model: CategoryModel, data: dataset_ad2.Ca
         names = output_names([s.path for s in samples])
         staged = {folder: results.staging(folder, data.name, split)
                   for folder in ("anomaly_images", "anomaly_images_thresholded")}
-        raws = raw_scores(runner, model.scales, [s.path for s in samples], f"export {split}")
-        for index, (sample, name) in enumerate(zip(samples, names)):
+        kept, raws = raw_scores(runner, model.scales, [s.path for s in samples], f"export {split}")
+        for index, original in enumerate(kept):
+            sample, name = samples[original], names[original]
             full = full_size_map(raws, index, dataset_ad2.image_size(sample.path))
             model_io.write_map_tiff(staged["anomaly_images"] / f"{name}.tiff", full)
             model_io.write_mask_png(staged["anomaly_images_thresholded"] / f"{name}.png",
                                     anomalous_pixels(full, model.pixel_threshold))
         for folder, files in staged.items():
             results.publish(files, results.root / folder / data.name / split)
+        skipped += runner.unreadable_among(s.path for s in samples)
+    return skipped

@@ -58,36 +58,26 @@ def check_results_dir(results_dir: Path) -> None:
     os.remove(probe)
 
 
-def load_categories(config: Config) -> dict[str, tuple[dataset_ad2.CategoryData, list[tuple[str, str]]]]:
-    """Every category's samples (readable ones) and its skipped files, checked before any work.
+def load_categories(config: Config) -> dict[str, dataset_ad2.CategoryData]:
+    """Every category's samples, checked before any work from directory listings and file headers.
 
     Fails (``DatasetError`` naming the file) on a missing category, a missing or empty
-    ``train/good``, a defective image without its mask or with a mask of another size (sizes from
-    the file headers, any format the mask loader reads), and two images of a split sharing a
-    stem (their masks and saved outputs are named by the stem).
+    ``train/good``, a defective image without its mask or with a mask of another size or an
+    unreadable header (sizes from the file headers, any format the mask loader reads), and two
+    images of a split sharing a stem (their masks and saved outputs are named by the stem). No
+    pixel is decoded here: an unreadable image is found, skipped and listed by the decode that
+    feeds the backbone.
     """
     categories = {}
     for category in config.CATEGORIES:
-        data, skipped = _readable_only(dataset_ad2.load_category(config.DATA_ROOT, category))
+        data = dataset_ad2.load_category(config.DATA_ROOT, category)
         for split in dataset_ad2.SPLITS:
             _check_unique_stems(data.split(split))
         for sample in data.test_public:
             if sample.mask_path is not None:
                 _check_mask_size(sample)
-        categories[category] = (data, skipped)
+        categories[category] = data
     return categories
-
-
-def _readable_only(data: dataset_ad2.CategoryData) -> tuple[dataset_ad2.CategoryData, list[tuple[str, str]]]:
-    """Drop unreadable images (listed in the summary) rather than stopping a long run."""
-    skipped: list[tuple[str, str]] = []
-    for split in dataset_ad2.SPLITS:
-        readable, bad = dataset_ad2.check_readable(data.split(split))
-        setattr(data, split, readable)
-        skipped += [(str(path), reason) for path, reason in bad]
-    if not data.train:
-        raise dataset_ad2.DatasetError(f"{data.root}/train/good has no readable image; cannot fit a model.")
-    return data, skipped
 
 
 def _check_unique_stems(samples: list[dataset_ad2.Sample]) -> None:
@@ -100,7 +90,14 @@ def _check_unique_stems(samples: list[dataset_ad2.Sample]) -> None:
 
 
 def _check_mask_size(sample: dataset_ad2.Sample) -> None:
-    image, mask = dataset_ad2.image_size(sample.path), dataset_ad2.image_size(sample.mask_path)
+    try:
+        mask = dataset_ad2.image_size(sample.mask_path)
+    except dataset_ad2.UnreadableImageError as error:
+        raise dataset_ad2.UnreadableImageError(error.path, error.reason, "mask") from None
+    try:
+        image = dataset_ad2.image_size(sample.path)
+    except dataset_ad2.UnreadableImageError:
+        return  # the run skips the image when it fails to decode it, and lists it in the summary
     if image != mask:
         raise dataset_ad2.DatasetError(
             f"Mask {sample.mask_path} is {mask[0]}x{mask[1]} (HxW) but its image {sample.path} is "

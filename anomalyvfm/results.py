@@ -27,7 +27,7 @@ import dataset_ad2
 from anomalyvfm import model_io
 from anomalyvfm.config import Config
 from anomalyvfm.errors import PipelineError, ResultsBusyError
-from anomalyvfm.evaluate import missing_maps, read_scores_csv
+from anomalyvfm.evaluate import missing_maps, read_scores_csv, recorded_skips
 from anomalyvfm.method import Method
 from anomalyvfm.model import model_settings, read_model_meta
 
@@ -188,6 +188,7 @@ def reuse_problem(category_dir: Path, config: Config, method: Method, fingerprin
     try:
         saved = read_model_meta(category_dir / "model")["settings"]
         fit_record = model_io.read_json(category_dir / "fit.json")
+        recorded_skips(category_dir)  # a malformed list of unreadable images refits rather than fails
         rows = read_scores_csv(category_dir / "scores.csv")
     except FileNotFoundError as error:
         return f"{error.filename} is missing"

@@ -300,15 +300,21 @@ def test_truncated_image_is_found_on_read_not_on_enumeration(make_ad2_category, 
             ad2.load_image(path)
         assert isinstance(error.value, DatasetError) and error.value.path == path
         assert str(path) in str(error.value) and "Expected a complete" in str(error.value)
-    with pytest.raises(UnreadableImageError, match="truncated"):
+    with pytest.raises(UnreadableImageError, match="truncated") as error:
         ad2.load_mask(bad_mask)
+    # A mask is named as one, and the way out keeps its defective image evaluable.
+    assert str(error.value).startswith(f"Cannot read mask {bad_mask.mask_path}: truncated")
+    assert "replace it" in str(error.value) and "together with its defective test image" in str(error.value)
 
-    readable, unreadable = ad2.check_readable(data.train)
-    assert readable == [s for s in data.train if s not in (truncated, garbage)]
-    assert [path for path, _ in unreadable] == [truncated.path, garbage.path]
-    assert "truncated" in unreadable[0][1] and "not a readable image" in unreadable[1][1]
-    readable, unreadable = ad2.check_readable(data.test_public)
-    assert len(readable) == 15 and [path for path, _ in unreadable] == [bad_mask.mask_path]
+
+def test_without_leaves_out_the_named_images_of_every_split(make_ad2_category):
+    data = ad2.load_category(make_ad2_category(), "widget")
+    gone = [data.train[1].path, data.test_public[0].path, data.test_private[0].path]
+    rest = data.without(gone)
+    assert [len(data.split(s)) for s in ad2.SPLITS] == [3, 2, 4, 1, 1]
+    assert [len(rest.split(s)) for s in ad2.SPLITS] == [2, 2, 3, 0, 1]
+    assert not {s.path for split in ad2.SPLITS for s in rest.split(split)} & set(gone)
+    assert (rest.root, rest.name) == (data.root, data.name) and len(data.train) == 3  # a copy
 
 
 def test_import_needs_no_torch():
