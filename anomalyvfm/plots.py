@@ -42,7 +42,7 @@ KIND_STYLES = ((0, "normal (validation)", "#0072B2", "o"), (1, "test good", "#00
 LINE_STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P"))
 DETECTION_SCALE_MAX = 2.0  # sample detections: colours end at 2 x the pixel threshold at most
 DETECTION_CAPTION = (
-    "Colour: anomaly map ÷ its category's pixel threshold (F1-optimal on validation images with synthetic defects), one scale for all "
+    "Colour: anomaly map ÷ its category's pixel threshold (chosen on validation images with lighting variants and synthetic defects), one scale for all "
     "rows; white contour: where the map crosses the threshold (1.0); red frame: the whole map is above it.")
 
 

@@ -203,8 +203,8 @@ def write_report_html(results_dir: Path, data_root: str | Path, *, examples_per_
         *(f'<figure><img alt="{html.escape(p.name)}" src="{_png_data_uri(p.read_bytes())}">'
           f"<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in plots),
         "<h2>Examples per category</h2>",
-        f'<p class="note">Middle panel: anomaly map ÷ the category\'s pixel threshold (F1-optimal on validation '
-        f"images with synthetic defects), jet colours from {MAP_SCALE[0]} (blue) to {MAP_SCALE[1]} (red) in every thumbnail; white outline: "
+        f'<p class="note">Middle panel: anomaly map ÷ the category\'s pixel threshold (chosen on validation '
+        f"images with lighting variants and synthetic defects), jet colours from {MAP_SCALE[0]} (blue) to {MAP_SCALE[1]} (red) in every thumbnail; white outline: "
         "the region above the threshold (the predicted defect); red frame: the whole map is above it. Right panel: "
         "ground-truth defect in red.</p>",
         *(_category_section(results_dir, name, Path(data_root), examples_per_kind) for name in categories),

@@ -44,8 +44,9 @@ SUMMARY_COLUMNS = ("Category", "Img AUROC", "Img AP", "ClassF1", "AU-PRO@0.05", 
 HOW_TO_READ = (
     "AU-PRO@0.05 is the official headline metric of MVTec AD 2: area under the PRO curve up to 5% FPR, normalised,"
     " computed on anomaly maps at the original image size over all test_public images.",
-    "SegF1 is the pixel F1 at the model's pixel threshold: the value that maximises F1 on validation images with"
-    " synthetic defects and lighting variants pasted in (never on test images); --PREDICT and the export use it too.",
+    "SegF1 is the pixel F1 at the model's pixel threshold, chosen on validation images with lighting variants and"
+    " pasted synthetic defects (never on test images; docs/Lighting_and_Thresholds.md); --PREDICT and the export"
+    " use it too.",
     "SegF1 3σ is the pixel F1 at the AD 2 paper's baseline rule, mean + 3·std of the validation/good anomaly values.",
     "ClassF1 is the image F1 at the model's image threshold, chosen the same way as the pixel threshold.",
     "n/a means undefined, e.g. no defective images in that group (AUROC and AU-PRO need good and bad images).",

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from anomalyvfm import metrics
-from anomalyvfm.calibration import CALIBRATION_SOURCES, calibrate_thresholds
+from anomalyvfm.calibration import (CALIBRATION_SOURCES, RULE, calibrate_thresholds, calibration_set,
+                                   candidate_thresholds)
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, full_size_map
 from anomalyvfm.scoring import ScoreFusion, top_patch_score
@@ -52,30 +53,40 @@ class _MaskReadingRunner:
         return torch.nn.functional.avg_pool2d(outlier[None, None].float(), PATCH)[0, 0]
 
 
-def test_thresholds_maximise_f1_on_the_calibration_set():
+def test_candidate_rules_and_the_product_rule_on_a_constructed_calibration_set():
     images = _validation_images(6)
     runner = _MaskReadingRunner()
     scale = ScaleModel(56, heads=None, cls_scorer=None, patch_scorer=None, illumination=None,
                        fusion=ScoreFusion(0.0, 1.0, 0.0, 1.0))
     validation = runner.raw_scores_of_images(scale, images)
-    thresholds = calibrate_thresholds(runner, [scale], lambda i: images[i], [validation], seed=0)
-    record = thresholds.record
-    assert record["validation_images"] == 6 and record["synthetic_defects"] == record["lighting_variants"] == 6
-    assert record["baseline_rule_fallback"] == []
-    assert 0 < thresholds.pixel and record["pixel_f1"] > 0
+    calibration = calibration_set(runner, [scale], lambda i: images[i], [validation], seed=0)
+    assert calibration.count == 6 and int(calibration.labels.sum()) == int(calibration.relit.sum()) == 6
+    pixel, image = candidate_thresholds(calibration)
 
-    # The same maps, masks and scores rebuilt here: the chosen thresholds reach the best F1 of any tried.
+    # Rebuilt by hand: the same maps, masks and scores.
     samples = make_calibration_samples(lambda i: images[i], 6, CALIBRATION_SOURCES, 0)
     synthetic = runner.raw_scores_of_images(scale, [s.image for s in samples])
     maps = [full_size_map([validation], i, (56, 84)) for i in range(6)]
     maps += [full_size_map([synthetic], j, (56, 84)) for j in range(len(samples))]
     masks = [np.zeros((56, 84), bool)] * 6 + [s.mask.numpy() for s in samples]
-    best = record["pixel_f1"]
-    assert metrics.seg_f1(maps, masks, thresholds.pixel) == pytest.approx(best)
-    for candidate in np.quantile(np.concatenate([m.ravel() for m in maps]), np.linspace(0.5, 1.0, 41)):
-        assert metrics.seg_f1(maps, masks, float(candidate)) <= best + 1e-12
     scores = np.array([top_patch_score(g) for g in validation.grids + synthetic.grids])
     labels = np.array([0] * 6 + [int(bool(s.defect)) for s in samples])
-    assert metrics.class_f1(scores, labels, thresholds.image) == pytest.approx(record["image_f1"])
-    for candidate in np.unique(scores):
-        assert metrics.class_f1(scores, labels, float(candidate)) <= record["image_f1"] + 1e-12
+    normal = [i for i in range(len(maps)) if i < 6 or not samples[i - 6].defect]
+
+    # "F1 synthetic" reaches the best F1 of any threshold tried, for pixels and images.
+    best = metrics.seg_f1(maps, masks, pixel["F1 synthetic"])
+    for candidate in np.quantile(np.concatenate([m.ravel() for m in maps]), np.linspace(0.5, 1.0, 41)):
+        assert metrics.seg_f1(maps, masks, float(candidate)) <= best + 1e-12
+    best_image = metrics.class_f1(scores, labels, image["F1 synthetic"])
+    assert all(metrics.class_f1(scores, labels, float(c)) <= best_image + 1e-12 for c in np.unique(scores))
+    # The baseline rules: regular validation maps only, and with the defect-free lighting variants.
+    assert pixel["mean+3σ regular"] == pytest.approx(metrics.mean_plus_k_std(maps[:6]))
+    assert pixel["mean+3σ with lighting"] == pytest.approx(metrics.mean_plus_k_std([maps[i] for i in normal]))
+    assert image["mean+3σ with lighting"] == pytest.approx(metrics.mean_plus_k_std(scores[normal]))
+
+    thresholds = calibrate_thresholds(runner, [scale], lambda i: images[i], [validation], seed=0)
+    assert RULE in pixel and thresholds.record["rule"] == RULE
+    assert (thresholds.pixel, thresholds.image) == (pixel[RULE], image[RULE])
+    assert thresholds.pixel == min(pixel["F1 synthetic"], pixel["mean+3σ with lighting"])
+    assert thresholds.record["pixel_f1"] == pytest.approx(metrics.seg_f1(maps, masks, thresholds.pixel))
+    assert thresholds.record["baseline_rule_fallback"] == []

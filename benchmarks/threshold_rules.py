@@ -1,0 +1,119 @@
+"""Which threshold rule gives the best SegF1 and ClassF1 on real test data: candidates side by side.
+
+    python benchmarks/threshold_rules.py RESULTS_DIR:DATA_ROOT:CATEGORY [...] --backbone=PATH
+
+Each argument names a finished run (``RESULTS_DIR/CATEGORY/model`` and its saved test maps) and
+its data. For each one this script rebuilds the calibration set of ``anomalyvfm/calibration.py``
+with the saved model (the validation images, their defect-free lighting variants and pasted
+synthetic defects), derives every candidate threshold from it, and scores the SAVED test maps and
+image scores at each: the maps do not depend on the rule, so every candidate sees the same maps.
+Test images choose nothing here; they only score the candidates. Prints one Markdown table (SegF1
+and ClassF1 per run and rule, means over runs) and the SegF1 per lighting group at the product's
+rule (``calibration.RULE``).
+
+Candidates (pixel and image alike):
+- ``mean+3σ regular``: the AD 2 paper's baseline rule on the validation images;
+- ``F1 synthetic``: the value maximising F1 over the whole calibration set;
+- ``mean+3σ with lighting``: the baseline rule over the validation images and their
+  defect-free lighting variants;
+- ``min(F1 synthetic, mean+3σ with lighting)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import anomaly_vfm_v11_lora as v11  # noqa: E402
+import dataset_ad2  # noqa: E402
+from anomalyvfm import metrics, model_io  # noqa: E402
+from anomalyvfm.calibration import RULE, calibration_set, candidate_thresholds  # noqa: E402
+from anomalyvfm.evaluate import map_path, read_scores_csv  # noqa: E402
+from anomalyvfm.fit import Runner  # noqa: E402
+from anomalyvfm.method import Method  # noqa: E402
+from anomalyvfm.model import MODEL_SETTINGS, CategoryModel  # noqa: E402
+
+
+def pooled_f1(map_files: list[Path], masks: list, groups: list[str], thresholds: dict[str, float]
+              ) -> dict[str, dict[str, float]]:
+    """Pooled pixel F1 (as ``metrics.seg_f1``) of the saved maps at every threshold, overall and per lighting
+    group, in one pass over the maps: ``{rule: {"overall": f1, group: f1, ...}}``."""
+    counts: dict[tuple[str, str], list[int]] = {}  # (rule, group) -> [tp, predicted, defect]
+    for path, mask_source, group in zip(map_files, masks, groups):
+        values = model_io.read_map(path)
+        mask = np.zeros(values.shape, bool) if mask_source is None else dataset_ad2.read_mask(mask_source) > 0
+        for name, threshold in thresholds.items():
+            hit = values >= np.float64(threshold)
+            for key in ((name, "overall"), (name, group)):
+                tally = counts.setdefault(key, [0, 0, 0])
+                tally[0] += int(np.count_nonzero(hit & mask))
+                tally[1] += int(np.count_nonzero(hit))
+                tally[2] += int(mask.sum())
+    return {name: {group: 2 * tp / (predicted + defect) if defect else float("nan")
+                   for (rule, group), (tp, predicted, defect) in counts.items() if rule == name}
+            for name in thresholds}
+
+
+def evaluate(results_dir: Path, data_root: Path, category: str, backbone: str) -> dict:
+    model = CategoryModel.load(results_dir / category / "model")
+    settings = {k: v for k, v in model.settings.items() if k in MODEL_SETTINGS}
+    config = v11.default_config().replace(**settings | {"DATA_ROOT": str(data_root), "CATEGORIES": [category],
+                                                        "BACKBONE": backbone, "RESULTS_DIR": str(results_dir)})
+    data = dataset_ad2.load_category(data_root, category)
+    with Runner(config, Method(), progress=False) as runner, torch.inference_mode():
+        paths = [s.path for s in data.validation]
+        raws = [runner.raw_scores(scale, paths, "validation", keep_inputs=set(range(len(paths)))
+                                  if number == 0 else ()) for number, scale in enumerate(model.scales)]
+        inputs = [runner.kept_inputs[Path(p)] for p in paths]
+        calibration = calibration_set(runner, model.scales, lambda i: inputs[i].float().div(255.0), raws, config.SEED)
+    pixel, image = candidate_thresholds(calibration)
+    rows = [r for r in read_scores_csv(results_dir / category / "scores.csv") if r["split"] == "test_public"]
+    by_path = {s.relative_path: s for s in data.test_public}
+    map_files = [map_path(results_dir / category, r["relative_path"]) for r in rows]
+    masks = [by_path[r["relative_path"]].mask_path for r in rows]
+    scores = np.array([r["image_score"] for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    groups = [dataset_ad2.lighting_group(by_path[r["relative_path"]].lighting) for r in rows]
+    return {"seg_f1": pooled_f1(map_files, masks, groups, pixel),
+            "class_f1": {name: metrics.class_f1(scores, labels, t) for name, t in image.items()},
+            "pixel": pixel, "image": image}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="RESULTS_DIR:DATA_ROOT:CATEGORY")
+    parser.add_argument("--backbone", required=True)
+    args = parser.parse_args(argv)
+    table = {}
+    for run in args.runs:
+        results_dir, data_root, category = run.split(":")
+        table[f"{Path(data_root).name}/{category}"] = evaluate(Path(results_dir), Path(data_root), category,
+                                                               args.backbone)
+    names = list(next(iter(table.values()))["seg_f1"])
+    print("| rule | " + " | ".join(f"{run} SegF1 | {run} ClassF1" for run in table) + " | mean SegF1 | mean ClassF1 |")
+    print("|---|" + "---:|---:|" * len(table) + "---:|---:|")
+    for name in names:
+        seg = [entry["seg_f1"][name]["overall"] for entry in table.values()]
+        cls = [entry["class_f1"][name] for entry in table.values()]
+        cells = " | ".join(f"{s:.4f} | {c:.4f}" for s, c in zip(seg, cls))
+        print(f"| {name} | {cells} | {np.mean(seg):.4f} | {np.mean(cls):.4f} |")
+    print()
+    print(f"SegF1 per lighting group at the product's rule ({RULE}):")
+    for run, entry in table.items():
+        print(run, {group: round(f1, 4) for group, f1 in entry["seg_f1"][RULE].items()})
+    print()
+    for run, entry in table.items():
+        print(run, "pixel thresholds", {k: round(v, 4) for k, v in entry["pixel"].items()},
+              "image thresholds", {k: round(v, 4) for k, v in entry["image"].items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
