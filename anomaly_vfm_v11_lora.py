@@ -23,8 +23,8 @@ IMAGE_SIZE = 448                  # shorter image side in pixels, a multiple of 
 # LoRA heads and their training
 LORA_RANK = 16                    # rank of each head's low-rank update
 LORA_ALPHA = 32.0                 # the update is scaled by LORA_ALPHA / LORA_RANK
-EPOCHS = 10                       # passes over the synthetic samples; 0 keeps the heads untrained (the identity)
-LEARNING_RATE = 1e-4              # AdamW (benchmarks/quality.md has a 1e-3 row)
+EPOCHS = 30                       # passes over the synthetic samples; 0 keeps the heads untrained (the identity)
+LEARNING_RATE = 3e-3              # AdamW; the heads learn to undo lighting and noise (docs/Training_Objective.md)
 SYNTHETIC_SAMPLES = 90            # multiple of 3: equal thirds lighting / pose / noise, 2/3 with a pasted defect
 BATCH_SIZE = 8                    # images per backbone batch and synthetic samples per training step
 NUM_WORKERS = "auto"              # processes decoding images while the backbone runs, kept for the whole run:
@@ -34,8 +34,10 @@ SEED = 0                          # same seed, same machine: identical scores
 # Scoring
 SCORER = "knn"                    # knn (cosine distance to the nearest normal patch) | mahalanobis (Gaussian,
                                   # Ledoit-Wolf); knn localises better on every shared dataset (docs/Heads_and_Scoring.md)
-KNN_BANK_SIZE = 20000             # knn only: random subsample of the memory bank (0 keeps every normal patch);
-                                  # the full bank costs far more than the backbone on a CPU (docs/Benchmark.md)
+KNN_BANK_SIZE = 20000             # knn only: normal patches kept in the memory bank (0 keeps every one; the full
+                                  # bank costs far more than the backbone on a CPU, docs/Benchmark.md)
+KNN_BANK_SAMPLING = "coreset"     # knn only: coreset (greedy k-center, as PatchCore: keeps rare normal patches)
+                                  # | random (seeded subsample: no selection time, localises worse)
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 SCORERS = ("mahalanobis", "knn")
+BANK_SAMPLINGS = ("coreset", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -49,6 +50,7 @@ class Config:
     SEED: int
     SCORER: str
     KNN_BANK_SIZE: int
+    KNN_BANK_SAMPLING: str
     RESULTS_DIR: str
     FORCE: bool
     EVALUATE_ONLY: bool
@@ -64,6 +66,8 @@ class Config:
             problems.append(f"FEATURE_LAYERS must list transformer blocks counted from 1, got {self.FEATURE_LAYERS}")
         if self.SCORER not in SCORERS:
             problems.append(f"SCORER must be one of {', '.join(SCORERS)}, got {self.SCORER!r}")
+        if self.KNN_BANK_SAMPLING not in BANK_SAMPLINGS:
+            problems.append(f"KNN_BANK_SAMPLING must be one of {', '.join(BANK_SAMPLINGS)}, got {self.KNN_BANK_SAMPLING!r}")
         if self.DEVICE not in DEVICES:
             problems.append(f"DEVICE must be one of {', '.join(DEVICES)}, got {self.DEVICE!r}")
         if self.SYNTHETIC_SAMPLES < 0 or self.SYNTHETIC_SAMPLES % 3:

@@ -34,8 +34,8 @@ from anomalyvfm.preflight import check_device
 from anomalyvfm.model import CategoryModel, RawScores, ScaleModel, fit_fusion, full_size_map, fused_scores, model_settings
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens
 from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
-from anomalyvfm.synthetic import make_synthetic_samples, token_labels
-from anomalyvfm.training import make_training_tokens
+from anomalyvfm.synthetic import make_synthetic_samples
+from anomalyvfm.training import training_tokens_of
 
 
 PREVIEW_SAMPLES = 12  # synthetic samples shown in <category>/synthetic_samples.png
@@ -161,13 +161,13 @@ class Runner:
             with timing.stage("synthetic"):
                 samples = make_synthetic_samples(load, len(read), config.SYNTHETIC_SAMPLES, config.SEED)
             inputs.clear()  # each sample holds its own image: the sources' memory is free before training
-            synthetic = self.forward_tensors([s.image for s in samples], illumination)
-            training = make_training_tokens([f.patches for f in synthetic], [token_labels(s.mask, patch) for s in samples])
-        with timing.stage("training"):
-            heads, patch_scorer, losses = fit_heads_and_scorer(
-                patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
-                heads=HeadSettings(rank, alpha, config.EPOCHS, config.LEARNING_RATE, config.BATCH_SIZE, config.SEED),
-                device=self.device, progress=self.progress)
+            encode = lambda images: [f.patches for f in self.forward_tensors(images, illumination)]
+            training = training_tokens_of(samples, encode, patch_grids, patch)
+        heads, patch_scorer, losses = fit_heads_and_scorer(  # timed as "training" and "fitting"
+            patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
+            knn_bank_sampling=config.KNN_BANK_SAMPLING,
+            heads=HeadSettings(rank, alpha, config.EPOCHS, config.LEARNING_RATE, config.BATCH_SIZE, config.SEED),
+            device=self.device, progress=self.progress)
         with timing.stage("fitting"):
             cls_scorer = fit_scorer(config.SCORER, heads.embed(cls_tokens), bank_size=0, seed=config.SEED)
         preview = [] if training is None else [

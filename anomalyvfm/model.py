@@ -34,7 +34,8 @@ from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, scorer_from_sta
 # Settings that change a category's model or metrics: a finished category is reused on
 # rerun only if all of them match.
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
-                  "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE")
+                  "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
+                  "KNN_BANK_SAMPLING")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.

@@ -5,7 +5,7 @@ tokens) both call ``fit_heads_and_scorer``, so a benchmark row is exactly what a
 
     normal patch grids [gh, gw, D] + synthetic tokens with labels -> heads (trained)
     -> Gaussian on heads(normal subsample)       (SCORER "mahalanobis")
-    -> memory bank of heads(normal tokens)        (SCORER "knn", cosine 1-NN)
+    -> memory bank of heads(normal tokens)        (SCORER "knn", cosine 1-NN; a greedy coreset or random subsample)
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from anomalyvfm import timing
 from anomalyvfm.heads import StackedLoRAHeads
-from anomalyvfm.scoring import Scorer, fit_scorer
+from anomalyvfm.scoring import Scorer, coreset_projection, fit_scorer, greedy_coreset
 from anomalyvfm.training import TrainingTokens, train_heads
 
 
@@ -31,25 +33,47 @@ class HeadSettings:
 
 def sample_tokens(grids: list[torch.Tensor], limit: int, seed: int) -> torch.Tensor:
     """A seeded random subsample of at most ``limit`` tokens (0: all) of ``[gh, gw, D]`` grids, float32 ``[n, D]``."""
-    counts = torch.tensor([g.shape[0] * g.shape[1] for g in grids])
-    total = int(counts.sum())
+    total = sum(g.shape[0] * g.shape[1] for g in grids)
     if limit <= 0 or limit >= total:
         return torch.cat([g.reshape(-1, g.shape[-1]).float() for g in grids])
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(total, generator=generator)[:limit].sort().values
+    return gather_tokens(grids, torch.randperm(total, generator=generator)[:limit].sort().values)
+
+
+def gather_tokens(grids: list[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+    """Tokens at ``indices`` (ascending, into the grids' tokens concatenated in order) of ``[gh, gw, D]``
+    grids, float32 ``[len(indices), D]``, without concatenating the grids."""
+    counts = torch.tensor([g.shape[0] * g.shape[1] for g in grids])
     ends = torch.cumsum(counts, 0)
-    image_of = torch.searchsorted(ends, chosen, right=True)
+    image_of = torch.searchsorted(ends, indices, right=True)
     starts = ends - counts
     parts = []
     for image in image_of.unique().tolist():
-        local = chosen[image_of == image] - starts[image]
+        local = indices[image_of == image] - starts[image]
         parts.append(grids[image].reshape(-1, grids[image].shape[-1])[local].float())
     return torch.cat(parts)
 
 
+def memory_bank(normal_grids: list[torch.Tensor], heads: StackedLoRAHeads, size: int, sampling: str,
+                seed: int) -> torch.Tensor:
+    """The kNN memory bank: the heads' embeddings ``[n, D]`` of ``size`` normal tokens (0: every token).
+
+    ``sampling``: ``"coreset"``, a greedy k-center coreset under cosine distance (PatchCore; searched
+    on a seeded random projection of the unit embeddings), or ``"random"``, a seeded random subsample.
+    """
+    total = sum(g.shape[0] * g.shape[1] for g in normal_grids)
+    if sampling == "random" or size <= 0 or size >= total:
+        return heads.embed(sample_tokens(normal_grids, size, seed))
+    projection = coreset_projection(normal_grids[0].shape[-1], seed)
+    projected = torch.cat([F.normalize(heads.embed(g.reshape(-1, g.shape[-1])), dim=-1) @ projection
+                           for g in normal_grids])
+    chosen = greedy_coreset(projected, size, seed).sort().values
+    return heads.embed(gather_tokens(normal_grids, chosen))
+
+
 def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.Tensor, training: TrainingTokens | None,
-                         *, scorer: str,
-                         knn_bank_size: int, heads: HeadSettings, device: torch.device,
+                         *, scorer: str, knn_bank_size: int, knn_bank_sampling: str, heads: HeadSettings,
+                         device: torch.device,
                          progress: bool = False) -> tuple[StackedLoRAHeads, Scorer, list[float]]:
     """Train the heads (when ``training`` is given and ``heads.epochs > 0``), then fit the patch scorer.
 
@@ -61,10 +85,13 @@ def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.
     dim = normal_grids[0].shape[-1]
     model_heads = StackedLoRAHeads(dim, rank=heads.rank, alpha=heads.alpha)
     losses: list[float] = []
-    if training is not None and heads.epochs > 0 and len(training.tokens):
-        losses = train_heads(model_heads, training, normal_sample, epochs=heads.epochs,
-                             learning_rate=heads.learning_rate, batch_size=heads.batch_size, seed=heads.seed,
-                             device=device, progress=progress)
-    model_heads.cpu().eval()
-    fit_tokens = normal_sample if scorer == "mahalanobis" else sample_tokens(normal_grids, knn_bank_size, heads.seed)
-    return model_heads, fit_scorer(scorer, model_heads.embed(fit_tokens), bank_size=0, seed=heads.seed), losses
+    with timing.stage("training"):
+        if training is not None and heads.epochs > 0 and len(training.tokens):
+            losses = train_heads(model_heads, training, normal_sample, epochs=heads.epochs,
+                                 learning_rate=heads.learning_rate, batch_size=heads.batch_size, seed=heads.seed,
+                                 device=device, progress=progress)
+        model_heads.cpu().eval()
+    with timing.stage("fitting"):
+        fit_tokens = (model_heads.embed(normal_sample) if scorer == "mahalanobis"
+                      else memory_bank(normal_grids, model_heads, knn_bank_size, knn_bank_sampling, heads.seed))
+        return model_heads, fit_scorer(scorer, fit_tokens, bank_size=0, seed=heads.seed), losses

@@ -88,6 +88,64 @@ class NearestNeighbourScorer:
 
 Scorer = GaussianScorer | NearestNeighbourScorer
 
+CORESET_DIM = 128  # PatchCore's random projection for the coreset search: distances kept within a few %
+
+
+def coreset_projection(dim: int, seed: int) -> torch.Tensor:
+    """A seeded Gaussian random projection ``[dim, CORESET_DIM]`` (Johnson-Lindenstrauss), or the identity
+    when ``dim`` is already that small."""
+    if dim <= CORESET_DIM:
+        return torch.eye(dim)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(dim, CORESET_DIM, generator=generator) / CORESET_DIM ** 0.5
+
+
+def greedy_coreset(points: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices ``[size]`` (selection order) of a greedy k-center coreset of ``points`` ``[N, d]`` (PatchCore).
+
+    Start at a seeded random point; repeatedly add the point farthest (Euclidean) from every point
+    chosen so far. The result covers every point within the smallest radius the greedy reaches, so a
+    nearest-neighbour bank keeps the rare normal appearances a random subsample loses.
+
+    Exactly the plain greedy, made fast by the triangle inequality: each point keeps the centre it is
+    nearest to; a point whose distance to that centre is at most half that centre's distance to the
+    new one cannot get closer to the new one, and is skipped. ``size >= N`` returns every index.
+    """
+    count = len(points)
+    if size >= count:
+        return torch.arange(count)
+    x = points.float().contiguous()
+    norms = (x * x).sum(-1)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = int(torch.randint(count, (1,), generator=generator))
+    centres, centre_norms = torch.empty(size, x.shape[1]), torch.empty(size)
+    centres[0], centre_norms[0] = x[chosen[0]], norms[chosen[0]]
+    nearest = _euclidean(x, norms, centres[0], centre_norms[0])  # [N] distance to the nearest centre
+    owner = torch.zeros(count, dtype=torch.long)                 # [N] that centre
+    for k in range(1, size):
+        new = int(nearest.argmax())
+        chosen[k], centres[k], centre_norms[k] = new, x[new], norms[new]
+        between = _euclidean(centres[:k], centre_norms[:k], centres[k], centre_norms[k])  # [k]
+        maybe = between[owner] < 2 * nearest
+        candidates = int(maybe.sum())
+        if candidates > count // 4:  # most points: one pass over all beats gathering them
+            distance = _euclidean(x, norms, centres[k], centre_norms[k])
+            closer = distance < nearest
+            nearest = torch.where(closer, distance, nearest)
+            owner = torch.where(closer, k, owner)
+        elif candidates:
+            rows = torch.nonzero(maybe).flatten()
+            distance = _euclidean(x[rows], norms[rows], centres[k], centre_norms[k])
+            closer = distance < nearest[rows]
+            nearest[rows[closer]], owner[rows[closer]] = distance[closer], k
+    return chosen
+
+
+def _euclidean(points: torch.Tensor, norms: torch.Tensor, centre: torch.Tensor, centre_norm: torch.Tensor) -> torch.Tensor:
+    """Distances ``[N]`` of ``points`` ``[N, d]`` (squared norms ``[N]``) to one ``centre`` ``[d]``."""
+    return (norms - 2 * (points @ centre) + centre_norm).clamp_min(0).sqrt()
+
 
 def fit_scorer(kind: str, features: torch.Tensor, *, bank_size: int, seed: int) -> Scorer:
     if kind == "mahalanobis":

@@ -8,10 +8,15 @@
 - geometric: small rotations and scale changes (pose jitter of the same scene);
 - noise: sensor noise.
 
-A share ``DEFECT_SHARE`` of the samples also gets one synthetic defect with a known mask,
-pasted after the nuisance: a Perlin-noise blob, a thin scar or a small spot of 1-4
-patches, filled with the texture of another normal training image or with an intensity
-change, and alpha-blended. The nuisance teaches what to ignore, the defect what to flag.
+A share ``DEFECT_SHARE`` of the samples also gets one synthetic defect with a known mask: a
+Perlin-noise blob, a thin scar or a small spot of 1-4 patches, filled with the texture of
+another normal training image or with an intensity change, and alpha-blended.
+
+What the heads learn from them (``training.py``): to undo the nuisances of ``RESTORED_STAGES``
+(a sample's tokens should become those of its content in regular light, ``SyntheticSample.regular``)
+and never the content itself. So in those stages the defect is pasted first and the light or the
+noise falls on it, as on a real part; a pose change is normal variation, which the heads leave
+as it is (its defect is pasted after the warp, so the mask stays in the sample's frame).
 Everything is drawn from one seeded generator: the same seed gives the same samples.
 """
 
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 STAGES = ("photometric", "geometric", "noise")
+RESTORED_STAGES = ("photometric", "noise")  # nuisances the heads learn to undo
 DEFECT_SHARE = 2 / 3  # the rest are defect-free nuisance variants
 DEFECT_KINDS = ("blob", "scar", "spot")
 DEFECT_TOKEN_FRACTION = 0.3  # a patch whose area is at least this much defect is a defect token
@@ -38,6 +44,9 @@ class SyntheticSample:
     source: int                 # index of the clean training image it was made from
     stage: str                  # one of STAGES; calibration samples: "regular" or "photometric"
     defect: str = ""            # one of DEFECT_KINDS, or "" when the sample has no defect
+    # RESTORED_STAGES: the same content (defect included) before the nuisance, [3, h, w]; for a
+    # sample without a defect that is its source image. None for the other stages.
+    regular: torch.Tensor | None = None
 
 
 def make_synthetic_samples(load_source: Callable[[int], torch.Tensor], num_sources: int, count: int,
@@ -52,16 +61,22 @@ def make_synthetic_samples(load_source: Callable[[int], torch.Tensor], num_sourc
     for stage in STAGES:
         sources = rng.choice(num_sources, size=per_stage, replace=per_stage > num_sources)
         with_defect = rng.permutation(per_stage) < round(DEFECT_SHARE * per_stage)
+        restored = stage in RESTORED_STAGES
         for source, defective in zip(sources.tolist(), with_defect.tolist()):
             image = load_source(source)
-            image = NUISANCES[stage](image, rng)
+            if not restored:
+                image = NUISANCES[stage](image, rng)
             mask = torch.zeros(image.shape[1:], dtype=torch.bool)
             kind = ""
             if defective:
                 kind = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))]
                 donor = load_source(int(rng.integers(num_sources))) if num_sources > 1 else image
                 image, mask = paste_defect(image, donor, kind, rng)
-            samples.append(SyntheticSample(image=image, mask=mask, source=source, stage=stage, defect=kind))
+            regular = image if restored else None
+            if restored:
+                image = NUISANCES[stage](image, rng)
+            samples.append(SyntheticSample(image=image, mask=mask, source=source, stage=stage, defect=kind,
+                                           regular=regular))
     return samples
 
 

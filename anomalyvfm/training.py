@@ -1,102 +1,103 @@
-"""Training the LoRA heads against the scorer they feed: a margin on the Mahalanobis distance.
+"""Training the LoRA heads: undo the lighting and the noise, keep the content.
 
-Per step (docs/Training_Objective.md has the reasoning):
+Both scorers compare a test token with normal tokens seen in regular light (the training
+images). Under a lighting change a normal token moves away from them and is flagged; that,
+not the scorer, is where every method on frozen features loses most on MVTec AD 2. So the
+heads are trained to restore (docs/Training_Objective.md has the reasoning and the numbers):
 
-    mu, Sigma = mean and covariance of the untrained heads' output (the raw tokens) of clean
-                normal training tokens, fixed for the whole training (as Deep SAD fixes its centre)
-    q(z)      = (z - mu)^T Sigma^-1 (z - mu) / D                              (about 1 for normal tokens)
-    loss      = mean over normal synthetic tokens of softplus((log q - log MARGIN) / TEMPERATURE)
-              + mean over defect synthetic tokens of softplus((log MARGIN - log q) / TEMPERATURE)
+    restoration = mean over tokens of a synthetic sample of  1 - cos(heads(x), t)
+                  x: the sample's token (content under a nuisance), t: the backbone's token of the
+                  same content in regular light (``synthetic.SyntheticSample.regular``); for a pose
+                  change t is x itself (pose is normal variation)
+    identity    = mean over clean normal training tokens c of  1 - cos(heads(c), c)
+    loss        = restoration + IDENTITY_WEIGHT * identity
 
-Normal synthetic tokens are the tokens of nuisance variants (lighting, pose, noise) away
-from any pasted defect: they should stay inside the Gaussian. Defect tokens are the patches
-a pasted defect covers (``synthetic.token_labels``): they should land beyond the margin.
-The loss is in the scorer's own units. Shrinking everything towards mu does not win it:
-defect tokens would fall inside the margin. No variance floor is needed, and low-variance
-directions (where the Gaussian finds anomalies) are free to shrink. A Gaussian re-estimated
-from the heads' output at every step was tried first: it chases its own moving target and
-the loss rose during training (docs/Training_Objective.md).
+A pasted defect is in x and in t alike: the heads are never shown a defect becoming normal, so
+they cannot learn to repair one (which would hide it from the scorer); they learn to undo the
+light around it. Clean regular-light tokens keep their place (identity term), so a regular-light
+test image is scored as with untrained heads. Cosine, because the default scorer is cosine kNN
+and the backbone's LayerNorm-ed tokens have nearly equal norms. Every defect token of a sample
+is used at every step (they are few and carry the keep-the-content constraint); the normal ones
+are subsampled.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anomalyvfm.heads import StackedLoRAHeads
+from anomalyvfm.synthetic import SyntheticSample, token_labels
 
-TOKENS_PER_SAMPLE = 96   # synthetic tokens drawn per sample and step (defect tokens first)
-MARGIN = 4.0             # q beyond which a token counts as anomalous (q ~ 1 for normal tokens)
-TEMPERATURE = 0.5
-SHRINKAGE = 0.01         # covariance shrinkage towards its mean eigenvalue: a stable inverse, thin directions kept
+TOKENS_PER_SAMPLE = 256  # tokens drawn per synthetic sample and step (its defect tokens first)
+IDENTITY_WEIGHT = 1.0
 
 
 @dataclass
 class TrainingTokens:
-    """Tokens of the synthetic samples, ``[M, D]``, their labels ``[M]`` (0 normal, 1 defect) and owner sample ``[M]``."""
+    """Synthetic tokens ``[M, D]``, their regular-light targets ``[M, D]``, labels ``[M]`` (1 defect,
+    0 normal, -1 a patch the defect only grazes) and owner sample ``[M]``."""
 
     tokens: torch.Tensor
+    targets: torch.Tensor
     labels: torch.Tensor
     sample_of_row: torch.Tensor
 
 
-def make_training_tokens(patches: list[torch.Tensor], labels: list[torch.Tensor]) -> TrainingTokens:
-    """Flatten each sample's patch grid ``[gh, gw, D]`` with its token labels ``[gh, gw]`` (-1 rows dropped)."""
-    rows, row_labels, owners = [], [], []
-    for index, (grid, label) in enumerate(zip(patches, labels)):
-        keep = label.flatten() >= 0
-        rows.append(grid.reshape(-1, grid.shape[-1])[keep].float())
-        row_labels.append(label.flatten()[keep])
-        owners.append(torch.full((int(keep.sum()),), index))
-    return TrainingTokens(torch.cat(rows), torch.cat(row_labels), torch.cat(owners))
+def make_training_tokens(patches: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                         labels: Sequence[torch.Tensor]) -> TrainingTokens:
+    """Flatten each sample's patch grid ``[gh, gw, D]``, its target grid (same shape) and token labels ``[gh, gw]``."""
+    if not patches:
+        return TrainingTokens(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long),
+                              torch.zeros(0, dtype=torch.long))
+    for index, (grid, target) in enumerate(zip(patches, targets)):
+        if grid.shape != target.shape:
+            raise ValueError(f"synthetic sample {index}: tokens {tuple(grid.shape)} but targets {tuple(target.shape)}")
+    dim = patches[0].shape[-1]  # float16: the largest tensors of a fit after the training images' grids
+    return TrainingTokens(torch.cat([g.reshape(-1, dim).half() for g in patches]),
+                          torch.cat([t.reshape(-1, dim).half() for t in targets]),
+                          torch.cat([label.flatten() for label in labels]),
+                          torch.cat([torch.full((g.shape[0] * g.shape[1],), i) for i, g in enumerate(patches)]))
 
 
-def gaussian_of(embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``[D]`` and precision ``[D, D]`` of ``[N, D]`` embeddings, covariance shrunk by ``SHRINKAGE``."""
-    mean = embedded.mean(0)
-    centred = embedded - mean
-    covariance = centred.T @ centred / max(len(embedded) - 1, 1)
-    scale = covariance.diagonal().mean()
-    covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * scale * torch.eye(len(mean), device=mean.device)
-    return mean, torch.linalg.inv(covariance)
+def training_tokens_of(samples: Sequence[SyntheticSample], encode: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+                       source_grids: Sequence[torch.Tensor], patch_size: int) -> TrainingTokens:
+    """The training tokens of ``samples``: their own patch grids and their restoration targets.
+
+    ``encode(images)``: patch grids ``[gh, gw, D]`` of images ``[3, h, w]`` (the backbone, with the run's
+    input normalisation); ``source_grids[i]``: training image ``i``'s grid, reused as the target of a
+    defect-free sample of a restored stage (its content is its source), so only the restored samples
+    with a defect need a backbone pass of their own.
+    """
+    encoded_regular = [i for i, s in enumerate(samples) if s.regular is not None and s.defect]
+    grids = encode([s.image for s in samples] + [samples[i].regular for i in encoded_regular])
+    own, regular = grids[:len(samples)], dict(zip(encoded_regular, grids[len(samples):]))
+    targets = [own[i] if s.regular is None else regular.get(i, source_grids[s.source]) for i, s in enumerate(samples)]
+    return make_training_tokens(own, targets, [token_labels(s.mask, patch_size) for s in samples])
 
 
-def normalised_distance(embedded: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """``q = (z - mu)^T P (z - mu) / D`` for ``[M, D]`` embeddings -> ``[M]``."""
-    centred = embedded - mean
-    return ((centred @ precision) * centred).sum(-1) / embedded.shape[-1]
+def cosine_loss(embedded: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between rows of ``[M, D]`` tensors (0 when they point the same way)."""
+    return (1.0 - F.cosine_similarity(embedded, targets, dim=-1)).mean()
 
 
-def margin_loss(q: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The objective above for distances ``q`` ``[M]`` with labels ``[M]`` (0 normal, 1 defect)."""
-    logit = (torch.log(q.clamp_min(1e-8)) - torch.log(torch.tensor(MARGIN))) / TEMPERATURE
-    normal, defect = labels == 0, labels == 1
-    loss = q.new_zeros(())
-    if normal.any():
-        loss = loss + F.softplus(logit[normal]).mean()
-    if defect.any():
-        loss = loss + F.softplus(-logit[defect]).mean()
-    return loss
-
-
-def train_heads(heads: StackedLoRAHeads, training: TrainingTokens, normal_tokens: torch.Tensor, *, epochs: int,
+def train_heads(heads: StackedLoRAHeads, training: TrainingTokens, clean_tokens: torch.Tensor, *, epochs: int,
                 learning_rate: float, batch_size: int, seed: int, device: torch.device,
                 progress: bool = True) -> list[float]:
     """Train the LoRA parameters of ``heads`` with AdamW; returns the mean loss of each epoch.
 
     An epoch visits every synthetic sample once, ``batch_size`` samples per step.
-    normal_tokens: ``[K, D]`` tokens of clean training images, for the fixed Gaussian.
+    clean_tokens: ``[K, D]`` tokens of clean training images, for the identity term.
     """
     generator = torch.Generator().manual_seed(seed)
     heads.to(device).train()
     optimizer = torch.optim.AdamW(heads.lora_parameters(), lr=learning_rate)
     num_samples = int(training.sample_of_row.max()) + 1 if len(training.sample_of_row) else 0
     rows_of_sample = [torch.nonzero(training.sample_of_row == i).flatten() for i in range(num_samples)]
-    with torch.no_grad():
-        mean, precision = gaussian_of(heads(normal_tokens.to(device, torch.float32)))
     history = []
     for _ in tqdm(range(epochs), desc="train heads", unit="epoch", leave=False, disable=not progress or None):
         order = torch.randperm(num_samples, generator=generator)
@@ -104,8 +105,10 @@ def train_heads(heads: StackedLoRAHeads, training: TrainingTokens, normal_tokens
         for start in range(0, num_samples, batch_size):
             rows = torch.cat([_some_rows(rows_of_sample[i], training.labels, generator)
                               for i in order[start:start + batch_size].tolist()])
-            q = normalised_distance(heads(training.tokens[rows].to(device)), mean, precision)
-            loss = margin_loss(q, training.labels[rows].to(device))
+            clean = clean_tokens[torch.randint(len(clean_tokens), (len(rows),), generator=generator)].to(device)
+            loss = cosine_loss(heads(training.tokens[rows].to(device, torch.float32)),
+                               training.targets[rows].to(device, torch.float32))
+            loss = loss + IDENTITY_WEIGHT * cosine_loss(heads(clean.float()), clean.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -116,14 +119,14 @@ def train_heads(heads: StackedLoRAHeads, training: TrainingTokens, normal_tokens
 
 
 def _some_rows(rows: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Every defect row of a sample (they are few) and random normal rows up to ``TOKENS_PER_SAMPLE``.
+    """Every defect row of a sample (up to ``TOKENS_PER_SAMPLE``) and random other rows up to that count.
 
     Neighbouring patches are nearly redundant, so a random subset per step carries the same
     signal at a fraction of the cost.
     """
     defect = rows[labels[rows] == 1][:TOKENS_PER_SAMPLE]
-    normal = rows[labels[rows] == 0]
+    other = rows[labels[rows] != 1]
     room = max(TOKENS_PER_SAMPLE - len(defect), TOKENS_PER_SAMPLE // 2)
-    if len(normal) > room:
-        normal = normal[torch.randperm(len(normal), generator=generator)[:room]]
-    return torch.cat([defect, normal])
+    if len(other) > room:
+        other = other[torch.randperm(len(other), generator=generator)[:room]]
+    return torch.cat([defect, other])

@@ -99,27 +99,41 @@ def versions() -> str:
 
 
 def quality_datasets(report: dict | None = None) -> str:
-    """The quality benchmark's table (``run_quality.py``): every dataset x image size x row, then the means."""
+    """The quality benchmark's table (``run_quality.py``): every dataset x image size x row, the means,
+    and AU-PRO@0.05 per lighting group of the lighting-stressed copies."""
     report = report if report is not None else _load("quality.json")
     if report is None:
         return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
     lines = [f"Backbone {_shown_path(report['backbone'])}, FEATURE_LAYERS {report['feature_layers']}, seed "
              f"{report['seed']}, {report['machine']}, {report['date']}. Image score: mean of the top 1 % patch "
-             "distances; SegF1 at validation mean + 3 std. fit s: heads training and scorer fit; score s: "
-             "distances of every validation and test patch.", "",
-             "| dataset | size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | fit s | score s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "distances; SegF1 at validation mean + 3 std. `+lighting`: the dataset's lighting-stressed copy. "
+             "train s: heads training; fit s: memory bank (coreset) or Gaussian fit; score s: distances of "
+             "every validation and test patch.", "",
+             "| dataset | size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | train s | fit s | score s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for entry in report["results"]:
         m = entry["metrics"]
         lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | {fmt(m['image_auroc'])} | "
                      f"{fmt(m['au_pro_0.05'])} | {fmt(m['au_pro_0.30'])} | {fmt(m['seg_f1'])} | "
-                     f"{fmt(m['fit_seconds'], 1)} | {fmt(m['score_seconds'], 1)} |")
-    lines += ["", "Mean over the datasets that have the row:", "",
-              "| size | row | datasets | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
+                     f"{fmt(m['train_seconds'], 1)} | {fmt(m['fit_seconds'], 1)} | {fmt(m['score_seconds'], 1)} |")
+    lines += ["", "Mean over the datasets that have the row (regular: the datasets as they are; stressed: their "
+              "re-lit copies):", "",
+              "| lighting | size | row | datasets | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |",
+              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for entry in report["mean_rows"]:
-        lines.append(f"| {entry['image_size']} | {entry['row']} | {entry['datasets']} | {fmt(entry['image_auroc'])} | "
-                     f"{fmt(entry['au_pro_0.05'])} | {fmt(entry['au_pro_0.30'])} | {fmt(entry['seg_f1'])} |")
+        lines.append(f"| {entry['lighting']} | {entry['image_size']} | {entry['row']} | {entry['datasets']} | "
+                     f"{fmt(entry['image_auroc'])} | {fmt(entry['au_pro_0.05'])} | {fmt(entry['au_pro_0.30'])} | "
+                     f"{fmt(entry['seg_f1'])} |")
+    stressed = [e for e in report["results"] if len(e["metrics"].get("by_lighting", {})) > 1]
+    if stressed:
+        groups = ("regular", "overexposed", "underexposed", "shift")
+        lines += ["", "AU-PRO@0.05 per lighting group of the stressed copies (worst gap: the lowest group minus "
+                  "regular):", "",
+                  f"| dataset | size | row | {' | '.join(groups)} | worst gap |", "|---|---:|---|" + "---:|" * 5]
+        for entry in stressed:
+            values = [entry["metrics"]["by_lighting"].get(g, {}).get("au_pro_0.05", float("nan")) for g in groups]
+            lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | "
+                         f"{' | '.join(fmt(v) for v in values)} | {fmt(min(values[1:]) - values[0])} |")
     return "\n".join(lines)
 
 

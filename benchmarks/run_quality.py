@@ -5,17 +5,24 @@
 
 Each dataset's backbone tokens are computed once per image size and cached
 (``benchmarks/token_cache.py``); every row then replays the same tokens through the product's
-own code (``anomalyvfm.patch_model``): heads training on synthetic samples, scorer fit,
-validation calibration, patch distances, anomaly maps at the original image size, metrics.
+own code (``anomalyvfm.patch_model``, ``anomalyvfm.training``): heads training on synthetic
+samples, scorer fit, patch distances, anomaly maps at the original image size, metrics.
 So a row costs seconds to minutes, not a backbone pass, and every row sees identical inputs.
+
+Every dataset is measured twice: as it is (regular light), and as ``<dataset>+lighting``, its
+lighting-stressed copy (``benchmarks/lighting_stress.py``: each test image re-lit the way MVTec
+AD 2's test set is, train and validation untouched; generated once into benchmarks/.cache/stress/,
+never committed), where AD 2's lighting changes are, and where the heads' training is meant to pay.
 
 Rows: the current defaults of ``anomaly_vfm_v11_lora.py``; the same with untrained heads
 (``--EPOCHS=0``); the AnomalyDINO reference (cosine 1-NN against the FULL memory bank of raw
-tokens); and the candidates that decided the defaults (docs/Heads_and_Scoring.md).
+tokens); and the candidates that decided the defaults (docs/Heads_and_Scoring.md). The
+stressed copies run ``STRESS_ROWS`` (the full bank would take hours there).
 Image score for every row: mean of the top 1 % patch distances. SegF1 threshold: validation
 maps' mean + 3 std (the AD 2 paper's baseline rule). Writes benchmarks/quality.json and
 benchmarks/quality.md; rows already in quality.json for other datasets, sizes or rows are kept,
-so ``--rows`` / ``--datasets`` / ``--image-sizes`` can complete a table step by step.
+so ``--rows`` / ``--datasets`` / ``--image-sizes`` can complete a table step by step (each row
+records the commit it was measured at).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 import warnings
@@ -41,16 +50,17 @@ import dataset_ad2  # noqa: E402
 import render_tables  # noqa: E402
 from render_tables import fmt  # noqa: E402
 import token_cache  # noqa: E402
-from anomalyvfm import metrics  # noqa: E402
+from anomalyvfm import metrics, timing  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens  # noqa: E402
 from anomalyvfm.scoring import MAX_FIT_TOKENS  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, top_patch_score  # noqa: E402
-from anomalyvfm.synthetic import make_synthetic_samples, token_labels  # noqa: E402
-from anomalyvfm.training import make_training_tokens  # noqa: E402
+from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
+from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 PRO_BINS = 20_000
+STRESS_SUFFIX = "+lighting"
 
 
 def rows_for(defaults) -> dict[str, dict]:
@@ -59,51 +69,57 @@ def rows_for(defaults) -> dict[str, dict]:
         "v1.1 (default)": {},
         "v1.1 --EPOCHS=0": {"EPOCHS": 0},
         "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0},
+        "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0},
+        "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset"},
         "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
         "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
-        "Gaussian (trained heads; LR 1e-3)": {"SCORER": "mahalanobis", "LEARNING_RATE": 1e-3},
-        "kNN 20k bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "EPOCHS": 0},
     }
 
 
+STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "Gaussian (untrained heads)", "Gaussian (trained heads)")
+STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
+
+
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
-                     seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Patch grids ``[gh, gw, D]`` and token labels ``[gh, gw]`` of the synthetic samples (cached)."""
+                     seed: int) -> TrainingTokens:
+    """The synthetic samples' training tokens, made by the product's own code (as ``fit.Runner.fit_scale``); cached."""
     import anomalyvfm.illumination as illumination_module
     import anomalyvfm.synthetic as synthetic_module
+    import anomalyvfm.training as training_module
     from anomalyvfm.illumination import IlluminationRange
 
-    recipe = hashlib.sha1(Path(synthetic_module.__file__).read_bytes()
-                          + Path(illumination_module.__file__).read_bytes()).hexdigest()[:10]
+    recipe = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in
+                                   (synthetic_module, illumination_module, training_module))).hexdigest()[:10]
     key = f"{train.samples[0].category}-{image_size}-{len(train.samples)}-{count}-{seed}-{recipe}"
     file = token_cache.CACHE_DIR / f"synthetic-{key}.pt"
     if file.is_file():
-        stored = torch.load(file, weights_only=True)
-        return stored["patches"], stored["labels"]
+        return TrainingTokens(**torch.load(file, weights_only=True))
     load = lambda i: to_input(dataset_ad2.load_image(train.samples[i].path), train.input_sizes[i])
     samples = make_synthetic_samples(load, len(train.samples), count, seed)
     illumination = IlluminationRange.of(train.channel_mean, train.channel_std)  # as fit.Runner.fit_scale
-    patches, labels = [], []
-    for sample in samples:  # sizes may differ between images: one at a time keeps it simple
-        features = extractor(normalize(illumination.apply(sample.image[None])))
-        patches.append(features.patches[0].half())
-        labels.append(token_labels(sample.mask, extractor.patch_size))
+    # One image at a time: sizes may differ between images.
+    encode = lambda images: [extractor(normalize(illumination.apply(image[None]))).patches[0] for image in images]
+    training = training_tokens_of(samples, encode, train.patches, extractor.patch_size)
     token_cache.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    torch.save({"patches": patches, "labels": labels}, file)
-    return patches, labels
+    torch.save(vars(training), file)
+    return training
 
 
-def evaluate_row(tokens: dict[str, token_cache.SplitTokens], synthetic: tuple[list, list] | None, settings) -> dict:
-    """Fit with ``settings`` on cached tokens, score validation and test, compute every metric."""
+def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndarray | None],
+                 synthetic: TrainingTokens | None, settings) -> dict:
+    """Fit with ``settings`` on cached tokens, score validation and test, compute every metric.
+
+    ``masks``: the test images' ground truth ``[H, W]`` bool (None for good images), decoded once per dataset.
+    """
     train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
-    start = time.perf_counter()
-    training = make_training_tokens(*synthetic) if synthetic is not None and settings.EPOCHS > 0 else None
+    torch.manual_seed(settings.SEED)  # as fit_category: the heads' initialisation is the first draw
+    timing.reset()
     normal_sample = sample_tokens(train.patches, MAX_FIT_TOKENS, settings.SEED)
     heads, scorer, losses = fit_heads_and_scorer(
-        train.patches, normal_sample, training, scorer=settings.SCORER, knn_bank_size=settings.KNN_BANK_SIZE,
+        train.patches, normal_sample, synthetic if settings.EPOCHS > 0 else None, scorer=settings.SCORER,
+        knn_bank_size=settings.KNN_BANK_SIZE, knn_bank_sampling=settings.KNN_BANK_SAMPLING,
         heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
                            settings.BATCH_SIZE, settings.SEED), device=torch.device("cpu"))
-    fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
 
     def grids(split: token_cache.SplitTokens) -> list[torch.Tensor]:
@@ -116,17 +132,32 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], synthetic: tuple[li
     test_maps = [anomaly_map(g, s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
     map_seconds = time.perf_counter() - start
     labels = np.array([s.label for s in test.samples])
-    masks = [s.mask_path for s in test.samples]
     scores = np.array([top_patch_score(g) for g in test_grids])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         pro = metrics.au_pro_multi(test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)
         threshold = metrics.mean_plus_k_std(val_maps)
+        groups = metrics.by_lighting([s.lighting for s in test.samples], labels, scores, test_maps, masks,
+                                     num_bins=PRO_BINS, threshold=threshold)
         return {"image_auroc": metrics.image_auroc(scores, labels), "image_ap": metrics.image_ap(scores, labels),
                 "au_pro_0.05": pro[0.05], "au_pro_0.30": pro[0.3],
-                "seg_f1": metrics.seg_f1(test_maps, masks, threshold),
-                "fit_seconds": fit_seconds, "score_seconds": score_seconds, "map_seconds": map_seconds,
-                "losses": losses}
+                "seg_f1": metrics.seg_f1(test_maps, masks, threshold), "by_lighting": groups,
+                "train_seconds": timing.seconds["training"], "fit_seconds": timing.seconds["fitting"],
+                "score_seconds": score_seconds, "map_seconds": map_seconds, "losses": losses}
+
+
+def stressed_copy(dataset: str, category: str, data_root: Path) -> Path:
+    """The lighting-stressed copy of a dataset (``lighting_stress.make_stressed_dataset``), made once."""
+    import lighting_stress
+
+    out = token_cache.CACHE_DIR / "stress" / dataset
+    if (out / lighting_stress.MANIFEST).is_file():
+        return out
+    if out.exists():  # an interrupted earlier attempt
+        shutil.rmtree(out)
+    tests = len(dataset_ad2.load_category(data_root, category).test_public)
+    variants = max(1, min(len(lighting_stress.STRESS_LIGHTINGS), STRESS_IMAGES // max(tests, 1)))
+    return lighting_stress.make_stressed_dataset(data_root, category, out, variants_per_image=variants)
 
 
 def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
@@ -139,13 +170,16 @@ def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
 
 
 def mean_rows(results: list[dict]) -> list[dict]:
+    """Per (lighting, image size, row): the mean over the datasets that have it; ``lighting`` is
+    "regular" for the datasets as they are and "stressed" for their re-lit copies."""
     keys = ("image_auroc", "au_pro_0.05", "au_pro_0.30", "seg_f1")
-    groups: dict[tuple[int, str], list[dict]] = {}
+    groups: dict[tuple[str, int, str], list[dict]] = {}
     for entry in results:
-        groups.setdefault((entry["image_size"], entry["row"]), []).append(entry["metrics"])
-    return [{"image_size": size, "row": row, "datasets": len(group),
+        lighting = "stressed" if entry["dataset"].endswith(STRESS_SUFFIX) else "regular"
+        groups.setdefault((lighting, entry["image_size"], entry["row"]), []).append(entry["metrics"])
+    return [{"lighting": lighting, "image_size": size, "row": row, "datasets": len(group),
              **{k: float(np.mean([m[k] for m in group])) for k in keys}}
-            for (size, row), group in groups.items()]
+            for (lighting, size, row), group in groups.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default=str(SHARED / "models" / "dinov2-small-imgfocus"))
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "quality.json")
+    parser.add_argument("--lighting-stress", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure each dataset's lighting-stressed copy (default: on)")
     args = parser.parse_args(argv)
     if not args.datasets_root.is_dir():
         print(f"error: --datasets-root {args.datasets_root} does not exist", file=sys.stderr)
@@ -168,50 +204,75 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown rows {unknown}; valid: {list(all_rows)}", file=sys.stderr)
         return 2
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
-    torch.manual_seed(defaults.SEED)
     backbone = load_backbone(args.backbone)
     extractor = FeatureExtractor(backbone, defaults.FEATURE_LAYERS)
-    results = []
+    commit = _commit()
+    cases = []
     for dataset, category, data_root in datasets_under(args.datasets_root):
         if wanted and dataset not in wanted:
             continue
+        cases.append((dataset, category, data_root, chosen_rows))
+        if args.lighting_stress:
+            stress_rows = [row for row in chosen_rows if row in STRESS_ROWS]
+            if stress_rows:
+                cases.append((dataset + STRESS_SUFFIX, category, stressed_copy(dataset, category, data_root), stress_rows))
+    results = []
+    for dataset, category, data_root, rows in cases:
         for size in (int(s) for s in args.image_sizes.split(",")):
-            tokens = token_cache.load_or_compute(extractor, str(data_root), category, args.backbone, size,
+            tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size,
                                                  defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE)
-            with torch.inference_mode():
-                tokens = token_cache.with_illumination_projection(extractor, tokens)
+            masks = [None if s.mask_path is None else dataset_ad2.read_mask(s.mask_path)
+                     for s in tokens["test_public"].samples]
             synthetic = None
-            for row in chosen_rows:
+            for row in rows:
                 settings = defaults.replace(IMAGE_SIZE=size, **all_rows[row])
                 if settings.EPOCHS > 0 and synthetic is None:
                     with torch.inference_mode():
                         synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
                                                      settings.SEED)
                 start = time.perf_counter()
-                result = evaluate_row(tokens, synthetic, settings)
+                result = evaluate_row(tokens, masks, synthetic, settings)
                 entry = {"dataset": dataset, "category": category, "image_size": size, "row": row,
-                         "settings": all_rows[row], "metrics": result}
+                         "settings": all_rows[row], "commit": commit, "metrics": result}
                 results.append(entry)
-                print(f"{dataset:12s} {size:4d} {row:32s} AUROC {fmt(result['image_auroc'])} "
+                save(args.output, results, args.backbone, defaults, list(all_rows))
+                lighting = " ".join(f"{group} {fmt(values['au_pro_0.05'])}" for group, values in
+                                    result["by_lighting"].items()) if len(result["by_lighting"]) > 1 else ""
+                print(f"{dataset:20s} {size:4d} {row:28s} AUROC {fmt(result['image_auroc'])} "
                       f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
-                      f"SegF1 {fmt(result['seg_f1'])} ({time.perf_counter() - start:.0f} s)", flush=True)
-    # Rows of earlier runs (other datasets, sizes or rows) are kept; rerun ones are replaced.
-    if args.output.is_file():
-        earlier = json.loads(args.output.read_text())["results"]
+                      f"SegF1 {fmt(result['seg_f1'])} {lighting} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(render_tables.quality_datasets(save(args.output, results, args.backbone, defaults, list(all_rows))))
+    return 0
+
+
+def save(output: Path, results: list[dict], backbone: str, defaults, row_order: list[str]) -> dict:
+    """Write ``output`` (JSON) and its Markdown table beside it; rows of earlier runs (other datasets,
+    sizes or rows) are kept, rerun ones replaced. Called after every row, so a stopped run keeps its rows."""
+    if output.is_file():
+        earlier = json.loads(output.read_text())["results"]
         fresh = {(e["dataset"], e["image_size"], e["row"]) for e in results}
         results = [e for e in earlier if (e["dataset"], e["image_size"], e["row"]) not in fresh] + results
-        results.sort(key=lambda e: (e["dataset"], e["image_size"], list(all_rows).index(e["row"])
-                                    if e["row"] in all_rows else len(all_rows)))
-    report = {"backbone": os.path.relpath(Path(args.backbone).resolve(), ROOT) if Path(args.backbone).exists()
-              else args.backbone,
+    results = sorted(results, key=lambda e: (e["dataset"], e["image_size"],
+                                             row_order.index(e["row"]) if e["row"] in row_order else len(row_order)))
+    report = {"backbone": os.path.relpath(Path(backbone).resolve(), ROOT) if Path(backbone).exists() else backbone,
               "feature_layers": defaults.FEATURE_LAYERS, "seed": defaults.SEED,
               "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
               "date": time.strftime("%Y-%m-%d"), "results": results, "mean_rows": mean_rows(results)}
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    table = render_tables.quality_datasets(report)
-    args.output.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    return 0
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    output.with_suffix(".md").write_text(render_tables.quality_datasets(report) + "\n")
+    return report
+
+
+def _commit() -> str:
+    """The code's git commit (with "+changes" when the working tree differs), for each row's record."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

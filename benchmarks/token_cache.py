@@ -1,12 +1,16 @@
-"""Backbone tokens of a dataset, computed once per (dataset, category, backbone, size, layers) and cached.
+"""Backbone tokens of a dataset as the pipeline sees them, computed once per (split, backbone, size, layers) and cached.
 
 The quality benchmark compares many candidates on the same tokens; a backbone pass over a
 dataset at IMAGE_SIZE 448 takes many minutes on a CPU, so it runs once and every candidate
 then costs seconds. The cache lives in ``benchmarks/.cache/`` (ignored by git).
 
 A cached split holds, per image in ``dataset_ad2`` order: the CLS token ``[D]``, the patch
-grid ``[gh, gw, D]`` (float16), the per-channel mean and std of the network input ``[3]``
-each (for illumination normalisation), the original size and the network input size.
+grid ``[gh, gw, D]`` (float16), the per-channel mean and std of the decoded network input
+``[3]`` each, the original size and the network input size. Train tokens are of the images as
+they are; validation and test tokens are of the images as the pipeline scores them: projected
+onto the training images' illumination range where they fall outside it (``anomalyvfm.illumination``),
+in the same pass. A split is keyed by its resolved folder, so a lighting-stressed copy whose
+train/ and validation/ link to the source's shares their tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import dataset_ad2  # noqa: E402
 
 CACHE_DIR = ROOT / "benchmarks" / ".cache"
 SPLITS = ("train", "validation", "test_public")
+FORMAT = "v3"
 
 
 @dataclass
@@ -36,82 +41,87 @@ class SplitTokens:
     samples: list[dataset_ad2.Sample]
     cls: torch.Tensor                      # [N, D] float32
     patches: list[torch.Tensor]            # [gh, gw, D] float16 each
-    channel_mean: torch.Tensor             # [N, 3] of the network input in [0, 1]
+    channel_mean: torch.Tensor             # [N, 3] of the decoded network input in [0, 1]
     channel_std: torch.Tensor              # [N, 3]
     original_sizes: list[tuple[int, int]]  # (H, W)
     input_sizes: list[tuple[int, int]]     # (h, w), multiples of the patch size
 
 
-def cache_key(data_root: str, category: str, backbone: str, image_size: int, layers: Sequence[int]) -> str:
-    backbone_id = Path(backbone).resolve() if Path(backbone).exists() else backbone
-    text = f"{Path(data_root).resolve()}|{category}|{backbone_id}|{image_size}|{list(layers)}|v2"
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+def _digest(*parts: object) -> str:
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:12]
 
 
-def load_or_compute(extractor, data_root: str, category: str, backbone_name: str, image_size: int,
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    return hashlib.sha1(b"".join(t.numpy().tobytes() for t in tensors.values())).hexdigest()[:12]
+
+
+def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str, image_size: int,
                     layers: Sequence[int], *, batch_size: int = 8, log=print) -> dict[str, SplitTokens]:
-    """``{split: SplitTokens}`` for train, validation and test_public, from the cache when present."""
-    from anomalyvfm.backbone import iterate_images, normalize, target_size
-    from anomalyvfm.illumination import channel_stats
+    """``{split: SplitTokens}`` for train, validation and test_public, from the cache when present.
+
+    ``extractor`` (an ``anomalyvfm.backbone.FeatureExtractor``) is only used for splits not cached yet.
+    """
+    import anomalyvfm.illumination as illumination_module
+    from anomalyvfm.illumination import IlluminationRange
 
     data = dataset_ad2.load_category(data_root, category)
-    key = cache_key(data_root, category, backbone_name, image_size, layers)
+    backbone_id = Path(backbone_name).resolve() if Path(backbone_name).exists() else backbone_name
+    illumination_recipe = hashlib.sha1(Path(illumination_module.__file__).read_bytes()).hexdigest()[:10]
     out: dict[str, SplitTokens] = {}
+    illumination = None
     for split in SPLITS:
         samples = data.split(split)
-        file = CACHE_DIR / f"{category}-{image_size}-{key}-{split}.pt"
-        if file.is_file():
-            stored = torch.load(file, weights_only=True)
-            if stored["paths"] == [s.relative_path for s in samples]:
-                out[split] = SplitTokens(samples, stored["cls"], stored["patches"], stored["channel_mean"],
-                                         stored["channel_std"], [tuple(x) for x in stored["original_sizes"]],
-                                         [tuple(x) for x in stored["input_sizes"]])
-                continue
-        start = time.perf_counter()
-        paths = [s.path for s in samples]
-        sizes = [target_size(*dataset_ad2.image_size(p), image_size, extractor.patch_size) for p in paths]
-        cls = torch.zeros(len(paths), extractor.dim)
-        patches: list[torch.Tensor] = [torch.empty(0)] * len(paths)
-        means, stds = torch.zeros(len(paths), 3), torch.zeros(len(paths), 3)
-        for indices, images in iterate_images(paths, image_size, extractor.patch_size, batch_size=batch_size,
-                                              num_workers=1):
-            means[indices], stds[indices] = channel_stats(images)
-            features = extractor(normalize(images))
-            cls[indices] = features.cls
-            for row, index in enumerate(indices):
-                patches[index] = features.patches[row].half()
-        tokens = SplitTokens(samples, cls, patches, means, stds,
-                             [dataset_ad2.image_size(p) for p in paths], sizes)
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        torch.save({"paths": [s.relative_path for s in samples], "cls": cls, "patches": patches,
-                    "channel_mean": means, "channel_std": stds, "original_sizes": tokens.original_sizes,
-                    "input_sizes": sizes}, file)
-        log(f"cached {category} {split} @{image_size}: {len(paths)} images in {time.perf_counter() - start:.0f} s")
+        folder = Path(samples[0].path).parent.resolve() if samples else split
+        # Validation and test tokens depend on the training range and the projection's code too.
+        depends = "" if split == "train" else f"{illumination_recipe}|{_tensor_digest(illumination.state())}"
+        key = _digest(folder, backbone_id, image_size, list(layers), depends, FORMAT)
+        file = CACHE_DIR / f"{category}-{image_size}-{split}-{key}.pt"
+        tokens = _load(file, samples)
+        if tokens is None:
+            start = time.perf_counter()
+            tokens = _compute(extractor, samples, image_size, illumination, batch_size)
+            CACHE_DIR.mkdir(parents=True, exist_ok=True)
+            torch.save({"paths": [s.relative_path for s in samples], "cls": tokens.cls, "patches": tokens.patches,
+                        "channel_mean": tokens.channel_mean, "channel_std": tokens.channel_std,
+                        "original_sizes": tokens.original_sizes, "input_sizes": tokens.input_sizes}, file)
+            log(f"cached {category} {split} @{image_size}: {len(samples)} images in {time.perf_counter() - start:.0f} s")
+        if split == "train":
+            illumination = IlluminationRange.of(tokens.channel_mean, tokens.channel_std)
+        else:
+            outside = int((~illumination.targets(tokens.channel_mean, tokens.channel_std)[2]).sum())
+            log(f"illumination: {outside} of {len(samples)} {split} images projected onto the training range")
         out[split] = tokens
     return out
 
 
-def with_illumination_projection(extractor, tokens: dict[str, SplitTokens], *, batch_size: int = 8,
-                                 log=print) -> dict[str, SplitTokens]:
-    """The tokens the pipeline sees: validation and test images whose channel statistics fall outside
-    the training range are projected onto it (``anomalyvfm.illumination``) and run through the
-    backbone again; every other image keeps its cached tokens (the projection leaves it unchanged)."""
-    from anomalyvfm.backbone import normalize, to_input
-    from anomalyvfm.illumination import IlluminationRange
+def _load(file: Path, samples: list[dataset_ad2.Sample]) -> SplitTokens | None:
+    if not file.is_file():
+        return None
+    stored = torch.load(file, weights_only=True)
+    if stored["paths"] != [s.relative_path for s in samples]:
+        return None
+    return SplitTokens(samples, stored["cls"], stored["patches"], stored["channel_mean"], stored["channel_std"],
+                       [tuple(x) for x in stored["original_sizes"]], [tuple(x) for x in stored["input_sizes"]])
 
-    train = tokens["train"]
-    illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
-    out = {"train": train}
-    for split in ("validation", "test_public"):
-        cached = tokens[split]
-        outside = ~illumination.targets(cached.channel_mean, cached.channel_std)[2]
-        patches, cls = list(cached.patches), cached.cls.clone()
-        for index in torch.nonzero(outside).flatten().tolist():
-            sample = cached.samples[index]
-            image = to_input(dataset_ad2.load_image(sample.path), cached.input_sizes[index])[None]
-            features = extractor(normalize(illumination.apply(image)))
-            patches[index], cls[index] = features.patches[0].half(), features.cls[0]
-        log(f"illumination: {int(outside.sum())} of {len(outside)} {split} images projected onto the training range")
-        out[split] = SplitTokens(cached.samples, cls, patches, cached.channel_mean, cached.channel_std,
-                                 cached.original_sizes, cached.input_sizes)
-    return out
+
+@torch.inference_mode()
+def _compute(extractor, samples: list[dataset_ad2.Sample], image_size: int, illumination, batch_size: int
+             ) -> SplitTokens:
+    from anomalyvfm.backbone import iterate_images, normalize, target_size
+    from anomalyvfm.illumination import channel_stats
+
+    paths = [s.path for s in samples]
+    sizes = [target_size(*dataset_ad2.image_size(p), image_size, extractor.patch_size) for p in paths]
+    cls = torch.zeros(len(paths), extractor.dim)
+    patches: list[torch.Tensor] = [torch.empty(0)] * len(paths)
+    means, stds = torch.zeros(len(paths), 3), torch.zeros(len(paths), 3)
+    for indices, images in iterate_images(paths, image_size, extractor.patch_size, batch_size=batch_size,
+                                          num_workers=1):
+        means[indices], stds[indices] = channel_stats(images)
+        if illumination is not None:
+            images = illumination.apply(images)
+        features = extractor(normalize(images))
+        cls[indices] = features.cls
+        for row, index in enumerate(indices):
+            patches[index] = features.patches[row].half()
+    return SplitTokens(samples, cls, patches, means, stds, [dataset_ad2.image_size(p) for p in paths], sizes)

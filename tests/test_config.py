@@ -12,7 +12,7 @@ from anomalyvfm.config import Config, ConfigError, apply_overrides, documented_s
 def test_defaults_come_from_the_script_constants():
     config = script.default_config()
     assert config.BACKBONE == "facebook/dinov2-base"
-    assert config.LORA_RANK == 16 and config.LORA_ALPHA == 32.0 and config.EPOCHS == 10
+    assert config.LORA_RANK == 16 and config.LORA_ALPHA == 32.0 and config.EPOCHS == 30
     assert config.SYNTHETIC_SAMPLES == 90 and config.SCORER == "knn" and config.DEVICE == "auto"
     assert config.CATEGORIES == ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"]
 

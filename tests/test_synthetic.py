@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from anomalyvfm.synthetic import (DEFECT_KINDS, STAGES, illumination_field, make_synthetic_samples, paste_defect,
-                                  token_labels)
+from anomalyvfm.synthetic import (DEFECT_KINDS, RESTORED_STAGES, STAGES, illumination_field, make_synthetic_samples,
+                                  paste_defect, token_labels)
 
 
 def _images(n=5, size=(56, 84)):
@@ -50,3 +50,18 @@ def test_illumination_field_is_smooth_and_positive():
     field = illumination_field(50, 80, np.random.default_rng(3))
     assert field.shape == (1, 50, 80) and field.min() > 0.3
     assert (field[0, :, 1:] - field[0, :, :-1]).abs().max() < 0.1  # no edges: a light field, not a defect
+
+
+def test_restored_stages_keep_their_content_in_regular_light():
+    """Photometric and noise samples carry their content before the nuisance (the training target): the
+    source with the defect pasted in, and nothing else changed; pose samples carry none."""
+    images = _images()
+    for sample in make_synthetic_samples(lambda i: images[i], len(images), 30, seed=2):
+        if sample.stage not in RESTORED_STAGES:
+            assert sample.regular is None
+            continue
+        source = images[sample.source]
+        changed = (sample.regular != source).any(0)
+        assert not changed[~sample.mask].any()
+        assert bool(changed.any()) == bool(sample.defect)
+        assert not torch.equal(sample.image, sample.regular)  # the nuisance falls on the content
