@@ -24,7 +24,8 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DOCUMENTS = (REPO / "README.md", REPO / "docs" / "README_ja.md", REPO / "docs" / "Benchmark.md")
+DOCUMENTS = (REPO / "README.md", REPO / "docs" / "README_ja.md", REPO / "docs" / "Benchmark.md",
+             REPO / "docs" / "Heads_and_Scoring.md")
 SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -137,8 +138,37 @@ def quality_datasets(report: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def quality_summary(report: dict | None = None) -> str:
+    """The quality benchmark in one table per image size: AU-PRO@0.05 (image AUROC) of every row on every
+    dataset, regular and lighting-stressed, and the mean over the regular datasets."""
+    report = report if report is not None else _load("quality.json")
+    if report is None:
+        return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
+    lines = [f"`python benchmarks/run_quality.py`, backbone {_shown_path(report['backbone'])}, {report['date']}. "
+             "Each cell: AU-PRO@0.05 (image AUROC); `+lighting`: the dataset's lighting-stressed copy; "
+             "mean: over the datasets as they are (— where a row is missing on one of them)."]
+    results = report["results"]
+    for size in sorted({e["image_size"] for e in results}):
+        here = [e for e in results if e["image_size"] == size]
+        datasets = sorted({e["dataset"] for e in here}, key=lambda name: (name.endswith("+lighting"), name))
+        rows = list(dict.fromkeys(e["row"] for e in here))
+        cell = {(e["dataset"], e["row"]): e["metrics"] for e in here}
+        regular = [d for d in datasets if not d.endswith("+lighting")]
+        means = {e["row"]: e for e in report["mean_rows"] if e["image_size"] == size
+                 and e.get("lighting", "regular") == "regular" and e["datasets"] == len(regular)}
+        lines += ["", f"| IMAGE_SIZE {size} | {' | '.join(datasets)} | mean |", "|---|" + "---:|" * (len(datasets) + 1)]
+        for row in rows:
+            cells = [f"{fmt(cell[(d, row)]['au_pro_0.05'])} ({fmt(cell[(d, row)]['image_auroc'], 3)})"
+                     if (d, row) in cell else "—" for d in datasets]
+            mean = means.get(row)
+            cells.append(f"{fmt(mean['au_pro_0.05'])} ({fmt(mean['image_auroc'], 3)})" if mean else "—")
+            lines.append(f"| {row} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[], str]] = {"quality-variants": quality_variants, "benchmark": benchmark, "demo": demo,
-                                        "versions": versions, "quality-datasets": quality_datasets}
+                                        "versions": versions, "quality-datasets": quality_datasets,
+                                        "quality-summary": quality_summary}
 
 
 def render(text: str) -> str:

@@ -1,0 +1,47 @@
+"""The quality benchmark's token cache: the tokens a pipeline run scores, computed once, shared by stressed copies."""
+
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import dataset_ad2  # noqa: E402
+import lighting_stress  # noqa: E402
+import token_cache  # noqa: E402
+from anomalyvfm.backbone import FeatureExtractor, normalize, to_input  # noqa: E402
+from anomalyvfm.illumination import IlluminationRange  # noqa: E402
+
+
+def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_copy(
+        tmp_path, monkeypatch, make_ad2_category, tiny_backbone):
+    monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
+    root = make_ad2_category(train=3, validation=2, test_good=1, test_bad=1, size=(28, 42))
+    dark = root / "widget" / "test_public" / "good" / "000_regular.png"
+    Image.new("RGB", (42, 28), (2, 20, 40)).save(dark)  # far below the training images' brightness
+    extractor = FeatureExtractor(tiny_backbone, [1, 2])
+    logged = []
+    tokens = token_cache.pipeline_tokens(extractor, str(root), "widget", "tiny", 28, [1, 2], log=logged.append)
+    assert sum("cached" in line for line in logged) == 3
+    # Test images are scored as the pipeline scores them: projected onto the training illumination
+    # range (the dark one is).
+    train, test = tokens["train"], tokens["test_public"]
+    illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
+    outside = ~illumination.targets(test.channel_mean, test.channel_std)[2]
+    assert outside.any()
+    for index, sample in enumerate(test.samples):
+        image = to_input(dataset_ad2.load_image(sample.path), test.input_sizes[index])[None]
+        expected = extractor(normalize(illumination.apply(image))).patches[0].half()
+        torch.testing.assert_close(test.patches[index], expected, atol=2e-3, rtol=0)
+    # A second call reads everything from the cache: no backbone needed.
+    again = token_cache.pipeline_tokens(None, str(root), "widget", "tiny", 28, [1, 2], log=logged.append)
+    assert all(torch.equal(a, b) for a, b in zip(again["test_public"].patches, test.patches))
+    # A stressed copy links train/ and validation/ to the source: their tokens are shared, the test is its own.
+    stressed = lighting_stress.make_stressed_dataset(root, "widget", tmp_path / "stressed", variants_per_image=1)
+    logged.clear()
+    copy = token_cache.pipeline_tokens(extractor, str(stressed), "widget", "tiny", 28, [1, 2], log=logged.append)
+    assert [line.split(":")[0] for line in logged if "cached" in line] == ["cached widget test_public @28"]
+    assert len(copy["test_public"].samples) == 2 * len(test.samples)
+    assert torch.equal(copy["train"].patches[0], train.patches[0])
