@@ -7,7 +7,9 @@ A table lives between ``<!-- table:NAME -->`` and ``<!-- /table -->`` in README.
 docs/README_ja.md and docs/Benchmark.md; everything between the markers is replaced by
 TABLES[NAME] rendered from the JSON files beside this script:
 
-- latest.json (run_benchmark.py): speed, stages, AU-PRO methods, quality variants;
+- latest.json (run_benchmark.py): speed, stages, memory, AD 2 scale, AU-PRO methods, rendered by
+  ``run_benchmark.markdown`` (the tables the benchmark prints);
+- seed_benchmark.json: the seed v1.1's benchmark (one dataset, before issues 10-14), kept as history;
 - demo.json: the demo's measured wall time and numbers;
 - versions.json (compare_versions.py): v1.1-v1.4 side by side;
 - quality.json (run_quality.py): every dataset x image size x row of the quality benchmark;
@@ -47,7 +49,7 @@ def _shown_path(path: str) -> str:
 
 
 def quality_variants() -> str:
-    report = _load("latest.json")
+    report = _load("seed_benchmark.json")
     lines = [f"| method ({report['category']}, {_shown_path(report['backbone'])}, IMAGE_SIZE={report['image_size']}) "
              "| image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for name, row in report["quality"].items():
@@ -57,8 +59,8 @@ def quality_variants() -> str:
     return "\n".join(lines)
 
 
-def benchmark() -> str:
-    report = _load("latest.json")
+def seed_benchmark() -> str:
+    report = _load("seed_benchmark.json")
     floor, pipe = report["floor"], report["pipeline"]
     lines = [f"Machine: {report['machine']}. Data: {_shown_path(report['data_root'])} ({report['category']}), "
              f"backbone {_shown_path(report['backbone'])}, IMAGE_SIZE={report['image_size']}, {report['date']}.", "",
@@ -67,15 +69,19 @@ def benchmark() -> str:
              f"| {floor['peak_rss_mib']:.0f} |",
              f"| full pipeline v1.1 | {pipe['seconds']:.1f} | {pipe['images'] / pipe['seconds']:.2f} "
              f"| {pipe['peak_rss_mib']:.0f} |",
-             f"| **ratio pipeline / floor** | **{report['ratio']:.3f}** | | |", "",
-             "| stage | seconds | share |", "|---|---:|---:|"]
-    for name, seconds in sorted(pipe["stages"].items(), key=lambda item: -item[1]):
-        lines.append(f"| {name} | {seconds:.1f} | {seconds / pipe['seconds']:.1%} |")
-    lines += ["", "| AU-PRO case | method | seconds | peak RSS (MiB) | AU-PRO@0.05 |", "|---|---|---:|---:|---:|"]
-    for row in report["au_pro"]["rows"]:
-        lines.append(f"| {row['case']} | {row['method']} | {fmt(row.get('seconds'), 2)} | "
-                     f"{fmt(row.get('peak_rss_mib'), 0)} | {fmt(row.get('au_pro'), 6)} |")
+             f"| **ratio pipeline / floor** | **{report['ratio']:.3f}** | | |"]
     return "\n".join(lines)
+
+
+def benchmark() -> str:
+    """``run_benchmark.py``'s own tables, from latest.json."""
+    report = _load("latest.json")
+    if report is None:
+        return "No `benchmarks/latest.json` yet: run `python benchmarks/run_benchmark.py`."
+    sys.path.insert(0, str(HERE))
+    import run_benchmark
+
+    return run_benchmark.markdown(report)
 
 
 def demo() -> str:
@@ -166,7 +172,8 @@ def quality_summary(report: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-TABLES: dict[str, Callable[[], str]] = {"quality-variants": quality_variants, "benchmark": benchmark, "demo": demo,
+TABLES: dict[str, Callable[[], str]] = {"quality-variants": quality_variants, "benchmark": benchmark,
+                                        "seed-benchmark": seed_benchmark, "demo": demo,
                                         "versions": versions, "quality-datasets": quality_datasets,
                                         "quality-summary": quality_summary}
 

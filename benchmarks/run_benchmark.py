@@ -226,14 +226,16 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}", f"Backbone: {report['backbone']}{subset}{settings}", ""]
     stage_names = sorted({name for row in report["runs"] for name in row["pipeline"]["stages"]})
     lines += ["| dataset | IMAGE_SIZE | images | floor s | pipeline s | **ratio** | images/s | peak RSS MiB | "
-              + " | ".join(f"{name} s" for name in stage_names) + " |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stage_names)]
+              "heads+bank+score / backbone | " + " | ".join(f"{name} s" for name in stage_names) + " |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stage_names)]
     for row in report["runs"]:
         floor, pipe = row["floor"], row["pipeline"]
         stages = " | ".join(f"{pipe['stages'].get(name, 0.0):.1f}" for name in stage_names)
+        own = sum(pipe["stages"].get(name, 0.0) for name in ("training", "fitting", "scoring"))
+        share = own / pipe["stages"]["backbone"] if pipe["stages"].get("backbone") else float("nan")
         lines.append(f"| {row['dataset']} | {row['image_size']} | {floor['images']} | {floor['seconds']:.1f} | "
                      f"{pipe['seconds']:.1f} | **{row['ratio']:.3f}** | {pipe['images'] / pipe['seconds']:.2f} | "
-                     f"{max(pipe['peak_rss_mib'], floor['peak_rss_mib']):.0f} | {stages} |")
+                     f"{max(pipe['peak_rss_mib'], floor['peak_rss_mib']):.0f} | {share:.0%} | {stages} |")
     lines.append("")
     lines += ["| dataset | IMAGE_SIZE | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |", "|---|---:|---:|---:|---:|---:|"]
     for row in report["runs"]:
@@ -301,6 +303,7 @@ def main() -> int:
         return 0
 
     import dataset_ad2
+    from anomalyvfm.model_io import write_json_atomic
 
     found = sorted(d.name for d in DATASETS.iterdir() if d.is_dir()) if DATASETS.is_dir() else []
     names = args.datasets or found
@@ -323,6 +326,7 @@ def main() -> int:
                            "pipeline": _subprocess(args, data_root, category, size, "pipeline", "v1.1")}
                     row["ratio"] = row["pipeline"]["seconds"] / row["floor"]["seconds"]
                     report["runs"].append(row)
+                    write_json_atomic(args.output, report)  # after every case: a stopped run keeps what it measured
                     print(f"{name} @{size}: ratio {row['ratio']:.3f}", file=sys.stderr, flush=True)
                     if args.quality:
                         for variant in QUALITY_VARIANTS:
@@ -339,13 +343,12 @@ def main() -> int:
                            "decode": _subprocess(args, generated, name, size, "decode"),
                            "pipeline": _subprocess(args, generated, name, size, "pipeline", "v1.1")}
                     report["ad2_scale"].append(row)
+                    write_json_atomic(args.output, report)
                     print(f"{name} @{size}: {row['pipeline']['seconds']:.1f} s", file=sys.stderr, flush=True)
     if not args.skip_au_pro:
         from benchmarks.bench_au_pro import benchmark_au_pro
 
         report["au_pro"] = benchmark_au_pro()
-    from anomalyvfm.model_io import write_json_atomic
-
     write_json_atomic(args.output, report)
     print(markdown(report))
     print(f"\nwritten: {relative(args.output)}")
