@@ -223,7 +223,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def markdown(report: dict) -> str:
     subset = f", at most {report['max_images']} images per folder" if report["max_images"] else ""
     settings = f", settings {' '.join(report['config'])}" if report["config"] else ""
-    lines = [f"Machine: {report['machine']}", f"Backbone: {report['backbone']}{subset}{settings}", ""]
+    skipped = f"; not run: {', '.join(report['skipped_cases'])}" if report.get("skipped_cases") else ""
+    lines = [f"Machine: {report['machine']}", f"Backbone: {report['backbone']}{subset}{settings}{skipped}", ""]
     stage_names = sorted({name for row in report["runs"] for name in row["pipeline"]["stages"]})
     lines += ["| dataset | IMAGE_SIZE | images | floor s | pipeline s | **ratio** | images/s | peak RSS MiB | "
               "heads+bank+score / backbone | " + " | ".join(f"{name} s" for name in stage_names) + " |",
@@ -286,6 +287,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=value",
                         help="a pipeline setting for every run (repeatable), e.g. --config=EPOCHS=1 for a quick check")
+    parser.add_argument("--skip-cases", type=_comma_list(str), default=[], metavar="DATASET@SIZE,...",
+                        help="dataset cases not to run, e.g. magtile_ad2@448 (listed in the report as skipped)")
     parser.add_argument("--skip-ad2-scale", action="store_true")
     parser.add_argument("--skip-au-pro", action="store_true")
     parser.add_argument("--quality", action="store_true", help="also the quality variants on every dataset and size")
@@ -311,8 +314,15 @@ def main() -> int:
     if not names or missing:
         print(f"error: no dataset {', '.join(missing) or ''} under {DATASETS}", file=sys.stderr)
         return 2
+    known = {f"{name}@{size}" for name in names for size in args.image_sizes}
+    unknown = [case for case in args.skip_cases if case not in known]
+    if unknown:
+        print(f"error: --skip-cases {', '.join(unknown)} is none of the cases to run ({', '.join(sorted(known))})",
+              file=sys.stderr)
+        return 2
     report = {"machine": machine(), "backbone": relative(args.backbone) if Path(args.backbone).exists() else args.backbone,
-              "max_images": args.max_images, "config": args.config, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [], "ad2_scale": [],
+              "max_images": args.max_images, "config": args.config, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped_cases": args.skip_cases,
+              "runs": [], "ad2_scale": [],
               "quality": []}
     with tempfile.TemporaryDirectory(prefix="anomalyvfm-bench-data-") as workspace:
         for name in names:
@@ -321,6 +331,8 @@ def main() -> int:
                 if args.max_images:
                     data_root = subset_root(data_root, category, args.max_images, Path(workspace) / name)
                 for size in args.image_sizes:
+                    if f"{name}@{size}" in args.skip_cases:
+                        continue
                     row = {"dataset": relative(DATASETS / name), "category": category, "image_size": size,
                            "floor": _subprocess(args, data_root, category, size, "floor"),
                            "pipeline": _subprocess(args, data_root, category, size, "pipeline", "v1.1")}
