@@ -9,8 +9,10 @@
 Normal images vary a little (position, phase, colour, sensor noise). Defective images carry one
 of four defects (scratch, stain, missing piece, contamination) covering 0.5-5 % of the image,
 with a pixel-exact 0/255 mask. Test images cycle through the MVTec AD 2 lighting conditions, and
-the condition is applied: ``overexposed`` is brighter and clipped, ``underexposed`` darker and
-``shift_k`` moves and rotates the content. Output is deterministic for a given ``seed``.
+the condition is applied as light, as in AD 2 (every condition is an illumination of the same
+scene): ``overexposed`` is brighter and clipped, ``underexposed`` darker, and ``shift_k`` a colour
+cast under an uneven illumination (a ramp, a spotlight or a vignette). Output is deterministic
+for a given ``seed``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from dataset_ad2 import LIGHTING_CONDITIONS, DatasetError
 
 DEMO_CATEGORIES: tuple[str, ...] = ("tiles", "weave", "washer")
 _TEST_LIGHTING = LIGHTING_CONDITIONS[:7]  # every condition but "mixed"
-# shift_k moves the content by (dx, dy) pixels and rotates it by an angle in degrees.
-_SHIFTS = {"shift_1": (8.0, 0.0, 0.0), "shift_2": (0.0, 7.0, 3.0),
-           "shift_3": (-8.0, -5.0, -4.0), "shift_4": (6.0, -6.0, 6.0)}
+# shift_k: (per-channel gain of the colour cast, illumination field) of a lighting shift
+_SHIFTS = {"shift_1": ((1.12, 1.0, 0.85), "ramp_x"), "shift_2": ((0.88, 0.97, 1.15), "ramp_y"),
+           "shift_3": ((1.08, 1.05, 0.9), "spotlight"), "shift_4": ((0.92, 1.1, 0.95), "vignette")}
 _DEFECT_AREA = (0.005, 0.05)  # fraction of the image a defect may cover
 
 Float = np.ndarray  # float32 arrays: [H, W] coordinates/values or [H, W, 3] colours in 0..255
@@ -149,11 +151,24 @@ def _add_defect(image: Float, region: np.ndarray, background: Float, category: s
     return mask
 
 
+def _illumination(field: str, shape: tuple[int, int]) -> Float:
+    """``[H, W]`` gain of an uneven illumination, between about 0.55 and 1.35."""
+    y, x = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    y, x = y / (shape[0] - 1) - 0.5, x / (shape[1] - 1) - 0.5  # -0.5 .. 0.5
+    if field == "ramp_x":
+        return 0.95 + 0.8 * x
+    if field == "ramp_y":
+        return 0.95 - 0.8 * y
+    radius2 = x ** 2 + y ** 2
+    if field == "spotlight":  # bright off-centre, falling off towards the far side
+        return 0.6 + 0.75 * np.exp(-((x - 0.2) ** 2 + (y + 0.15) ** 2) / 0.08)
+    return 1.3 - 1.5 * radius2  # vignette: dark corners
+
+
 def _render(category: str, shape: tuple[int, int], lighting: str, defective: bool,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """One image ``[H, W, 3] uint8`` under ``lighting`` and, if ``defective``, its mask ``[H, W] bool``."""
-    dx, dy, degrees = _SHIFTS.get(lighting, (0.0, 0.0, 0.0))
-    u, v = _coordinates(shape, dx + rng.uniform(-2, 2), dy + rng.uniform(-2, 2), degrees + rng.uniform(-0.5, 0.5))
+    u, v = _coordinates(shape, rng.uniform(-2, 2), rng.uniform(-2, 2), rng.uniform(-0.5, 0.5))
     image, region = _CATEGORIES[category](u, v, rng)
     mask = None
     if defective:
@@ -164,6 +179,9 @@ def _render(category: str, shape: tuple[int, int], lighting: str, defective: boo
         image = image * 1.4 + 35
     elif lighting == "underexposed":
         image = image * 0.45
+    elif lighting in _SHIFTS:
+        cast, field = _SHIFTS[lighting]
+        image = image * _illumination(field, shape)[..., None] * np.float32(cast)
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
 
 

@@ -161,8 +161,10 @@ class Runner:
             with timing.stage("synthetic"):
                 samples = make_synthetic_samples(load, len(read), config.SYNTHETIC_SAMPLES, config.SEED)
             inputs.clear()  # each sample holds its own image: the sources' memory is free before training
-            encode = lambda images: [f.patches for f in self.forward_tensors(images, illumination)]
-            training = training_tokens_of(samples, encode, patch_grids, patch)
+            # float16 at once, as training keeps them: at AD 2 scale these grids are the fit's largest tensors
+            encode = lambda images: [f.patches.half() for f in self.forward_tensors(images, illumination)]
+            training = training_tokens_of(samples, encode, patch_grids, patch, chunk=4 * config.BATCH_SIZE)
+            samples = samples[::max(1, len(samples) // PREVIEW_SAMPLES)][:PREVIEW_SAMPLES]  # the rest: freed
         heads, patch_scorer, losses = fit_heads_and_scorer(  # timed as "training" and "fitting"
             patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
             knn_bank_sampling=config.KNN_BANK_SAMPLING,
@@ -172,7 +174,7 @@ class Runner:
             cls_scorer = fit_scorer(config.SCORER, heads.embed(cls_tokens), bank_size=0, seed=config.SEED)
         preview = [] if training is None else [
             {"image": s.image, "mask": s.mask if s.defect else None, "title": f"{s.stage}{' + ' + s.defect if s.defect else ''}"}
-            for s in samples[::max(1, len(samples) // PREVIEW_SAMPLES)][:PREVIEW_SAMPLES]]
+            for s in samples]
         return ScaleModel(image_size, heads, cls_scorer, patch_scorer, illumination, losses=losses,
                           synthetic_preview=preview)
 

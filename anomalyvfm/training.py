@@ -65,16 +65,18 @@ def make_training_tokens(patches: Sequence[torch.Tensor], targets: Sequence[torc
 
 
 def training_tokens_of(samples: Sequence[SyntheticSample], encode: Callable[[list[torch.Tensor]], list[torch.Tensor]],
-                       source_grids: Sequence[torch.Tensor], patch_size: int) -> TrainingTokens:
+                       source_grids: Sequence[torch.Tensor], patch_size: int, chunk: int = 32) -> TrainingTokens:
     """The training tokens of ``samples``: their own patch grids and their restoration targets.
 
     ``encode(images)``: patch grids ``[gh, gw, D]`` of images ``[3, h, w]`` (the backbone, with the run's
     input normalisation); ``source_grids[i]``: training image ``i``'s grid, reused as the target of a
     defect-free sample of a restored stage (its content is its source), so only the restored samples
-    with a defect need a backbone pass of their own.
+    with a defect need a backbone pass of their own. Images go to ``encode`` ``chunk`` at a time (a
+    multiple of the backbone batch keeps the batches, and so the tokens, as in one call).
     """
     encoded_regular = [i for i, s in enumerate(samples) if s.regular is not None and s.defect]
-    grids = encode([s.image for s in samples] + [samples[i].regular for i in encoded_regular])
+    images = [s.image for s in samples] + [samples[i].regular for i in encoded_regular]
+    grids = [grid for start in range(0, len(images), chunk) for grid in encode(images[start:start + chunk])]
     own, regular = grids[:len(samples)], dict(zip(encoded_regular, grids[len(samples):]))
     targets = [own[i] if s.regular is None else regular.get(i, source_grids[s.source]) for i, s in enumerate(samples)]
     return make_training_tokens(own, targets, [token_labels(s.mask, patch_size) for s in samples])

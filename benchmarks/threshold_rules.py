@@ -8,15 +8,15 @@ with the saved model (the validation images, their defect-free lighting variants
 synthetic defects), derives every candidate threshold from it, and scores the SAVED test maps and
 image scores at each: the maps do not depend on the rule, so every candidate sees the same maps.
 Test images choose nothing here; they only score the candidates. Prints one Markdown table (SegF1
-and ClassF1 per run and rule, means over runs) and the SegF1 per lighting group at the product's
-rule (``calibration.RULE``).
+and ClassF1 per run and rule, means over runs) and the SegF1 per lighting group of every rule. The
+product's rules are ``calibration.PIXEL_RULE`` and ``calibration.IMAGE_RULE``.
 
 Candidates (pixel and image alike):
 - ``mean+3σ regular``: the AD 2 paper's baseline rule on the validation images;
 - ``F1 synthetic``: the value maximising F1 over the whole calibration set;
 - ``mean+3σ with lighting``: the baseline rule over the validation images and their
   defect-free lighting variants;
-- ``min(F1 synthetic, mean+3σ with lighting)``.
+- ``min(F1 synthetic, mean+3σ with lighting)`` and ``midpoint(...)``, their mean.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics, model_io  # noqa: E402
-from anomalyvfm.calibration import RULE, calibration_set, candidate_thresholds  # noqa: E402
+from anomalyvfm.calibration import IMAGE_RULE, PIXEL_RULE, calibration_set, candidate_thresholds  # noqa: E402
 from anomalyvfm.evaluate import map_path, read_scores_csv  # noqa: E402
 from anomalyvfm.fit import Runner  # noqa: E402
 from anomalyvfm.method import Method  # noqa: E402
@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{s:.4f} | {c:.4f}" for s, c in zip(seg, cls))
         print(f"| {name} | {cells} | {np.mean(seg):.4f} | {np.mean(cls):.4f} |")
     print()
-    print(f"SegF1 per lighting group at the product's rule ({RULE}):")
+    print(f"SegF1 per lighting group (the product's rules: pixel {PIXEL_RULE}, image {IMAGE_RULE}):")
     for run, entry in table.items():
-        print(run, {group: round(f1, 4) for group, f1 in entry["seg_f1"][RULE].items()})
+        for name in names:
+            print(run, name, {group: round(f1, 4) for group, f1 in entry["seg_f1"][name].items()})
     print()
     for run, entry in table.items():
         print(run, "pixel thresholds", {k: round(v, 4) for k, v in entry["pixel"].items()},

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anomalyvfm import metrics
-from anomalyvfm.calibration import (CALIBRATION_SOURCES, RULE, calibrate_thresholds, calibration_set,
+from anomalyvfm.calibration import (CALIBRATION_SOURCES, IMAGE_RULE, PIXEL_RULE, calibrate_thresholds, calibration_set,
                                    candidate_thresholds)
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, full_size_map
@@ -83,10 +83,15 @@ def test_candidate_rules_and_the_product_rule_on_a_constructed_calibration_set()
     assert pixel["mean+3σ regular"] == pytest.approx(metrics.mean_plus_k_std(maps[:6]))
     assert pixel["mean+3σ with lighting"] == pytest.approx(metrics.mean_plus_k_std([maps[i] for i in normal]))
     assert image["mean+3σ with lighting"] == pytest.approx(metrics.mean_plus_k_std(scores[normal]))
+    for rules in (pixel, image):
+        pair = (rules["F1 synthetic"], rules["mean+3σ with lighting"])
+        assert rules["min(F1 synthetic, mean+3σ with lighting)"] == min(pair)
+        assert rules["midpoint(F1 synthetic, mean+3σ with lighting)"] == pytest.approx(sum(pair) / 2)
 
     thresholds = calibrate_thresholds(runner, [scale], lambda i: images[i], [validation], seed=0)
-    assert RULE in pixel and thresholds.record["rule"] == RULE
-    assert (thresholds.pixel, thresholds.image) == (pixel[RULE], image[RULE])
-    assert thresholds.pixel == min(pixel["F1 synthetic"], pixel["mean+3σ with lighting"])
+    assert (thresholds.record["pixel_rule"], thresholds.record["image_rule"]) == (PIXEL_RULE, IMAGE_RULE)
+    assert (thresholds.pixel, thresholds.image) == (pixel[PIXEL_RULE], image[IMAGE_RULE])
+    assert thresholds.pixel == pytest.approx((pixel["F1 synthetic"] + pixel["mean+3σ with lighting"]) / 2)
+    assert thresholds.image == min(image["F1 synthetic"], image["mean+3σ with lighting"])
     assert thresholds.record["pixel_f1"] == pytest.approx(metrics.seg_f1(maps, masks, thresholds.pixel))
     assert thresholds.record["baseline_rule_fallback"] == []
