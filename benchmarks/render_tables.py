@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DOCUMENTS = (REPO / "README.md", REPO / "docs" / "README_ja.md", REPO / "docs" / "Benchmark.md",
              REPO / "docs" / "Heads_and_Scoring.md")
+STRESS_SUFFIX = "+lighting"  # run_quality.py's name for a dataset's lighting-stressed copy
 SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -156,10 +157,10 @@ def quality_summary(report: dict | None = None) -> str:
     results = report["results"]
     for size in sorted({e["image_size"] for e in results}):
         here = [e for e in results if e["image_size"] == size]
-        datasets = sorted({e["dataset"] for e in here}, key=lambda name: (name.endswith("+lighting"), name))
+        datasets = sorted({e["dataset"] for e in here}, key=lambda name: (name.endswith(STRESS_SUFFIX), name))
         rows = list(dict.fromkeys(e["row"] for e in here))
         cell = {(e["dataset"], e["row"]): e["metrics"] for e in here}
-        regular = [d for d in datasets if not d.endswith("+lighting")]
+        regular = [d for d in datasets if not d.endswith(STRESS_SUFFIX)]
         means = {e["row"]: e for e in report["mean_rows"] if e["image_size"] == size
                  and e.get("lighting", "regular") == "regular" and e["datasets"] == len(regular)}
         lines += ["", f"| IMAGE_SIZE {size} | {' | '.join(datasets)} | mean |", "|---|" + "---:|" * (len(datasets) + 1)]

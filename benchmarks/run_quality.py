@@ -60,20 +60,19 @@ from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 PRO_BINS = 20_000
-STRESS_SUFFIX = "+lighting"
+STRESS_SUFFIX = render_tables.STRESS_SUFFIX  # one name, shared with the tables
 
 
-def rows_for(defaults) -> dict[str, dict]:
-    """Row name -> settings that differ from the defaults."""
-    return {
-        "v1.1 (default)": {},
-        "v1.1 --EPOCHS=0": {"EPOCHS": 0},
-        "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0},
-        "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0},
-        "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset"},
-        "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
-        "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
-    }
+# Row name -> settings that differ from the defaults.
+ROWS: dict[str, dict] = {
+    "v1.1 (default)": {},
+    "v1.1 --EPOCHS=0": {"EPOCHS": 0},
+    "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0},
+    "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0},
+    "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset"},
+    "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
+    "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
+}
 
 
 STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "Gaussian (untrained heads)", "Gaussian (trained heads)")
@@ -197,11 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --datasets-root {args.datasets_root} does not exist", file=sys.stderr)
         return 2
     defaults = v11.default_config()
-    all_rows = rows_for(defaults)
-    chosen_rows = [r.strip() for r in args.rows.split(",") if r.strip()] or list(all_rows)
-    unknown = [r for r in chosen_rows if r not in all_rows]
+    chosen_rows = [r.strip() for r in args.rows.split(",") if r.strip()] or list(ROWS)
+    unknown = [r for r in chosen_rows if r not in ROWS]
     if unknown:
-        print(f"error: unknown rows {unknown}; valid: {list(all_rows)}", file=sys.stderr)
+        print(f"error: unknown rows {unknown}; valid: {list(ROWS)}", file=sys.stderr)
         return 2
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
     backbone = load_backbone(args.backbone)
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                      for s in tokens["test_public"].samples]
             synthetic = None
             for row in rows:
-                settings = defaults.replace(IMAGE_SIZE=size, **all_rows[row])
+                settings = defaults.replace(IMAGE_SIZE=size, **ROWS[row])
                 if settings.EPOCHS > 0 and synthetic is None:
                     with torch.inference_mode():
                         synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
@@ -233,15 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 result = evaluate_row(tokens, masks, synthetic, settings)
                 entry = {"dataset": dataset, "category": category, "image_size": size, "row": row,
-                         "settings": all_rows[row], "commit": commit, "metrics": result}
+                         "settings": ROWS[row], "commit": commit, "metrics": result}
                 results.append(entry)
-                save(args.output, results, args.backbone, defaults, list(all_rows))
+                save(args.output, results, args.backbone, defaults, list(ROWS))
                 lighting = " ".join(f"{group} {fmt(values['au_pro_0.05'])}" for group, values in
                                     result["by_lighting"].items()) if len(result["by_lighting"]) > 1 else ""
                 print(f"{dataset:20s} {size:4d} {row:28s} AUROC {fmt(result['image_auroc'])} "
                       f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
                       f"SegF1 {fmt(result['seg_f1'])} {lighting} ({time.perf_counter() - start:.0f} s)", flush=True)
-    print(render_tables.quality_datasets(save(args.output, results, args.backbone, defaults, list(all_rows))))
+    print(render_tables.quality_datasets(save(args.output, results, args.backbone, defaults, list(ROWS))))
     return 0
 
 
