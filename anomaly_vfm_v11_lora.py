@@ -38,6 +38,10 @@ KNN_BANK_SIZE = 20000             # knn only: normal patches kept in the memory 
                                   # bank costs far more than the backbone on a CPU, docs/Benchmark.md)
 KNN_BANK_SAMPLING = "coreset"     # knn only: coreset (greedy k-center, as PatchCore: keeps rare normal patches)
                                   # | random (seeded subsample: no selection time, localises worse)
+CENTRE_MAPS = True                # true: each image's map is shifted by its own median patch distance (to the
+                                  # validation images' typical median): one threshold then fits every image,
+                                  # whatever its texture or light adds everywhere (docs/Heads_and_Scoring.md)
+                                  # | false: the raw patch distances
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings

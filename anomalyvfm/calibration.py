@@ -85,8 +85,8 @@ def calibration_set(runner: Runner, scales: Sequence[ScaleModel], load_validatio
         images = [_resized(s.image, raw.input_sizes[s.source]) for s in samples]
         synthetic.append(runner.raw_scores_of_images(scale, images))
     with timing.stage("maps"):
-        maps = [full_size_map(validation, i, validation[0].input_sizes[i]) for i in range(count)]
-        maps += [full_size_map(synthetic, j, tuple(s.mask.shape)) for j, s in enumerate(samples)]
+        maps = [full_size_map(scales, validation, i, validation[0].input_sizes[i]) for i in range(count)]
+        maps += [full_size_map(scales, synthetic, j, tuple(s.mask.shape)) for j, s in enumerate(samples)]
     masks = [np.zeros(m.shape, bool) for m in maps[:count]] + [s.mask.numpy() for s in samples]
     scores = np.concatenate([fused_scores(runner.method, scales, validation),
                              fused_scores(runner.method, scales, synthetic)])

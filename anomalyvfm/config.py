@@ -51,6 +51,7 @@ class Config:
     SCORER: str
     KNN_BANK_SIZE: int
     KNN_BANK_SAMPLING: str
+    CENTRE_MAPS: bool
     RESULTS_DIR: str
     FORCE: bool
     EVALUATE_ONLY: bool

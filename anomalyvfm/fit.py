@@ -31,7 +31,8 @@ from anomalyvfm.evaluate import SKIPPED_KEY, map_path, write_scores_csv
 from anomalyvfm.illumination import IlluminationRange, channel_stats
 from anomalyvfm.method import Method
 from anomalyvfm.preflight import check_device
-from anomalyvfm.model import CategoryModel, RawScores, ScaleModel, fit_fusion, full_size_map, fused_scores, model_settings
+from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
+                              fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens
 from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
 from anomalyvfm.synthetic import make_synthetic_samples
@@ -258,13 +259,14 @@ def fit_category(runner: Runner, data: dataset_ad2.CategoryData, category_dir: P
     for scale, raw in zip(scales, raws):
         scale.fusion, problems = fit_fusion(raw.subset(range(n_val)))
         notes += [f"{data.name} @{scale.image_size}: {problem}" for problem in problems]
+    fit_map_medians(scales, [raw.subset(range(n_val)) for raw in raws], config.CENTRE_MAPS)
     image_scores = fused_scores(method, scales, raws)
 
     rows = []
     for index, sample in enumerate(tqdm(scored, desc="anomaly maps", unit="img", leave=False,
                                         disable=not runner.progress or None)):
         with timing.stage("maps"):
-            full = full_size_map(raws, index, dataset_ad2.image_size(sample.path))
+            full = full_size_map(scales, raws, index, dataset_ad2.image_size(sample.path))
             model_io.write_map_tiff(map_path(category_dir, sample.relative_path), full)
         rows.append({"relative_path": sample.relative_path, "split": "validation" if index < n_val else sample.split,
                      "label": sample.label, "lighting": sample.lighting, "image_score": float(image_scores[index])})

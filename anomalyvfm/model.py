@@ -29,13 +29,14 @@ from anomalyvfm.errors import PipelineError
 from anomalyvfm.heads import StackedLoRAHeads
 from anomalyvfm.illumination import IlluminationRange
 from anomalyvfm.method import Method
-from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, scorer_from_state, top_patch_score
+from anomalyvfm.scoring import (ScoreFusion, Scorer, anomaly_map, centred_grid, map_median_of, scorer_from_state,
+                                top_patch_score)
 
 # Settings that change a category's model or metrics: a finished category is reused on
 # rerun only if all of them match.
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
-                  "KNN_BANK_SAMPLING")
+                  "KNN_BANK_SAMPLING", "CENTRE_MAPS")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.
@@ -59,6 +60,8 @@ class ScaleModel:
     patch_scorer: Scorer
     illumination: IlluminationRange
     fusion: ScoreFusion | None = None
+    # The validation images' mean median patch distance: maps are centred on it (``centred_grid``); None: raw maps.
+    map_median: float | None = None
     losses: list[float] = field(default_factory=list)
     # A few synthetic training samples ({"image", "mask", "title"}) for synthetic_samples.png; not saved.
     synthetic_preview: list[dict] = field(default_factory=list)
@@ -85,7 +88,8 @@ class CategoryModel:
             "category": self.category, "image_threshold": self.image_threshold,
             "pixel_threshold": self.pixel_threshold, "settings": self.settings, "version": __version__,
             "scales": [{"image_size": s.image_size, "rank": s.heads.rank, "alpha": s.heads.alpha,
-                        "fusion": s.fusion.state() if s.fusion else None} for s in self.scales]})
+                        "fusion": s.fusion.state() if s.fusion else None, "map_median": s.map_median}
+                       for s in self.scales]})
 
     @classmethod
     def load(cls, folder: Path) -> "CategoryModel":
@@ -110,7 +114,7 @@ class CategoryModel:
                 raise PipelineError(f"{path} is not a model file that matches {folder / 'model.json'} ({error}); "
                                     "refit the category (--FORCE=true).") from None
             scales.append(ScaleModel(entry["image_size"], heads.eval(), cls_scorer, patch_scorer, illumination,
-                                     ScoreFusion(**entry["fusion"])))
+                                     ScoreFusion(**entry["fusion"]), entry["map_median"]))
         return cls(meta["category"], scales, meta["image_threshold"], meta["pixel_threshold"], meta["settings"])
 
 
@@ -170,6 +174,8 @@ def _meta_problem(meta: Any) -> str | None:
         if not isinstance(fusion, dict) or set(fusion) != set(names) or not all(
                 _is_finite_number(fusion[n]) for n in names) or min(fusion["cls_std"], fusion["patch_std"]) <= 0:
             return f"scales[].fusion must hold finite {', '.join(names)} with spreads > 0, got {fusion!r}"
+        if "map_median" not in entry or not (entry["map_median"] is None or _is_finite_number(entry["map_median"])):
+            return f"scales[].map_median must be a finite number or null, got {entry.get('map_median', '(missing)')!r}"
     return None
 
 
@@ -246,13 +252,23 @@ def fused_scores(method: Method, scales: Sequence[ScaleModel], raws: Sequence[Ra
     return np.mean(per_scale, axis=0) if per_scale else np.zeros(0)
 
 
-def full_size_map(raws: Sequence[RawScores], index: int, original_size: tuple[int, int]) -> np.ndarray:
+def fit_map_medians(scales: Sequence[ScaleModel], validation: Sequence[RawScores], centre: bool) -> None:
+    """Set each scale's ``map_median`` from its validation images' grids (None when ``centre`` is false)."""
+    for scale, raw in zip(scales, validation):
+        scale.map_median = map_median_of(raw.grids) if centre else None
+
+
+def full_size_map(scales: Sequence[ScaleModel], raws: Sequence[RawScores], index: int,
+                  original_size: tuple[int, int]) -> np.ndarray:
     """Image ``index``'s anomaly map ``[H, W]`` at its original size, averaged over scales, at saved precision.
 
+    Each scale's grid is centred on the scale's ``map_median`` first, when it has one.
     Maps are saved as float16 and the pixel threshold is computed from saved maps, so every
     comparison with it uses the float16 values (held in float32).
     """
-    maps = [anomaly_map(raw.grids[index], raw.input_sizes[index], original_size) for raw in raws]
+    grids = [raw.grids[index] if scale.map_median is None else centred_grid(raw.grids[index], scale.map_median)
+             for scale, raw in zip(scales, raws)]
+    maps = [anomaly_map(grid, raw.input_sizes[index], original_size) for grid, raw in zip(grids, raws)]
     return model_io.saved_precision(maps[0] if len(maps) == 1 else np.mean(maps, axis=0))
 
 

@@ -69,7 +69,7 @@ def predict(config: Config, method: Method, *, backbone: torch.nn.Module | None 
     rows = []
     for index, (path, name) in enumerate(zip(paths, names)):
         image = dataset_ad2.load_image(path)  # the overlay's pixels: the one decode besides the backbone's
-        full = full_size_map(raws, index, image.shape[:2])
+        full = full_size_map(model.scales, raws, index, image.shape[:2])
         anomalous = anomalous_pixels(full, model.pixel_threshold)
         model_io.write_map_tiff(out / "maps" / f"{name}.tiff", full)
         model_io.write_mask_png(out / "masks" / f"{name}.png", anomalous)
@@ -129,7 +129,7 @@ def export_submission(runner: Runner, model: CategoryModel, data: dataset_ad2.Ca
         kept, raws = raw_scores(runner, model.scales, [s.path for s in samples], f"export {split}")
         for index, original in enumerate(kept):
             sample, name = samples[original], names[original]
-            full = full_size_map(raws, index, dataset_ad2.image_size(sample.path))
+            full = full_size_map(model.scales, raws, index, dataset_ad2.image_size(sample.path))
             model_io.write_map_tiff(staged["anomaly_images"] / f"{name}.tiff", full)
             model_io.write_mask_png(staged["anomaly_images_thresholded"] / f"{name}.png",
                                     anomalous_pixels(full, model.pixel_threshold))

@@ -1,13 +1,13 @@
 """Scoring normal-vs-anomalous: Gaussian (Mahalanobis) or nearest-neighbour distances,
 anomaly maps at the original image size, and the image score.
 
-Anomaly map: patch distances ``[gh, gw]`` -> bilinear to the network input size ->
-Gaussian blur (sigma ``MAP_SIGMA`` input pixels) -> bilinear to the original ``[H, W]``.
+Anomaly map: patch distances ``[gh, gw]`` -> centred on the validation images' median
+(``centred_grid``, with ``CENTRE_MAPS``) -> bilinear to the network input size -> Gaussian
+blur (sigma ``MAP_SIGMA`` input pixels) -> bilinear to the original ``[H, W]``.
 
-Image score: the mean of two z-scores, each standardised with the validation (normal)
-images' statistics: the CLS token's distance, and the mean of the top 1 % patch
-distances. The first sees global changes (wrong object, lighting), the second small
-local defects; standardising puts them on one scale before averaging.
+Image score: z-scores of the CLS token's distance and of the mean of the top 1 % patch
+distances (uncentred), each standardised with the validation (normal) images' statistics
+(``ScoreFusion``); the method combines them (v1.1: the top-patch term alone).
 """
 
 from __future__ import annotations
@@ -169,6 +169,24 @@ def top_patch_score(patch_scores: torch.Tensor) -> float:
     flat = patch_scores.flatten()
     count = max(1, int(round(TOP_PATCH_FRACTION * flat.numel())))
     return float(flat.topk(count).values.mean())
+
+
+def centred_grid(patch_scores: torch.Tensor, reference: float) -> torch.Tensor:
+    """``[gh, gw]`` patch distances shifted so that their median equals ``reference``.
+
+    A lighting change, or an image whose texture sits a little farther from the training
+    images, raises every patch of it; one pixel threshold over all images then flags the
+    whole image or misses defects elsewhere. The median patch is normal in any image whose
+    defects cover less than half of it, so removing the image's own median removes that offset
+    and keeps what stands out locally. ``reference`` (``map_median_of`` the validation
+    images) keeps the values on the scale of distances, so thresholds read as before.
+    """
+    return patch_scores - patch_scores.median() + reference
+
+
+def map_median_of(grids: list[torch.Tensor]) -> float:
+    """The mean over images of each ``[gh, gw]`` grid's median: the reference ``centred_grid`` shifts to."""
+    return float(np.mean([float(g.median()) for g in grids])) if grids else 0.0
 
 
 def anomaly_map(patch_scores: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> np.ndarray:

@@ -66,8 +66,8 @@ def test_candidate_rules_and_the_product_rule_on_a_constructed_calibration_set()
     # Rebuilt by hand: the same maps, masks and scores.
     samples = make_calibration_samples(lambda i: images[i], 6, CALIBRATION_SOURCES, 0)
     synthetic = runner.raw_scores_of_images(scale, [s.image for s in samples])
-    maps = [full_size_map([validation], i, (56, 84)) for i in range(6)]
-    maps += [full_size_map([synthetic], j, (56, 84)) for j in range(len(samples))]
+    maps = [full_size_map([scale], [validation], i, (56, 84)) for i in range(6)]
+    maps += [full_size_map([scale], [synthetic], j, (56, 84)) for j in range(len(samples))]
     masks = [np.zeros((56, 84), bool)] * 6 + [s.mask.numpy() for s in samples]
     scores = np.array([top_patch_score(g) for g in validation.grids + synthetic.grids])
     labels = np.array([0] * 6 + [int(bool(s.defect)) for s in samples])

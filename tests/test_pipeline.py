@@ -83,6 +83,7 @@ def test_maps_have_the_original_size_and_the_model_files_are_safe(finished_run):
     assert model_files == ["model.json", "scale_56.safetensors"]
     model = CategoryModel.load(folder / "model")
     assert model.scales[0].heads.rank == 16 and np.isfinite(model.pixel_threshold)
+    assert config.CENTRE_MAPS and np.isfinite(model.scales[0].map_median)  # saved, and loaded back
 
 
 def test_trained_heads_detect_demo_defects(finished_run):

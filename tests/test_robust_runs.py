@@ -328,6 +328,8 @@ def _edit_model_json(config, change) -> Path:
     (lambda m: m["scales"][0].update(image_size=15), "scales[].image_size must be a positive multiple of 14, got 15"),
     (lambda m: m.update(pixel_threshold="high"), "'pixel_threshold' must be a finite number, got 'high'"),
     (lambda m: m["settings"].update(SCORER="pickle"), "settings.SCORER must be one of mahalanobis, knn, got 'pickle'"),
+    (lambda m: m["scales"][0].pop("map_median"), "scales[].map_median must be a finite number or null, got '(missing)'"),
+    (lambda m: m["scales"][0].update(map_median="0.2"), "scales[].map_median must be a finite number or null, got '0.2'"),
 ])
 def test_model_json_fields_are_validated(finished, tiny_backbone, change, problem):
     model_file = _edit_model_json(finished, change)

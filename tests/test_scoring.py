@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from anomalyvfm.scoring import GaussianScorer, NearestNeighbourScorer, ScoreFusion, anomaly_map, top_patch_score
+from anomalyvfm.model import RawScores, ScaleModel, fit_map_medians, full_size_map
+from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, ScoreFusion, anomaly_map, centred_grid, map_median_of,
+                               top_patch_score)
 
 
 def test_gaussian_gives_training_points_low_and_an_outlier_high_distance():
@@ -83,3 +85,29 @@ def test_top_patch_score_is_the_mean_of_the_top_percent():
 def test_score_fusion_standardises_with_normal_statistics():
     fusion = ScoreFusion.fit(np.array([1.0, 3.0]), np.array([10.0, 30.0]))
     np.testing.assert_allclose(fusion(np.array([5.0]), np.array([20.0])), [0.5 * (3.0 + 0.0)])
+
+
+def test_centring_removes_an_image_wide_offset_and_keeps_local_contrast():
+    grid = torch.rand(6, 9, generator=torch.Generator().manual_seed(0))
+    grid[2, 3] = 5.0  # a defect
+    # An image-wide offset (a lighting change) is gone; what stands out locally is kept.
+    torch.testing.assert_close(centred_grid(grid + 0.7, 0.25), centred_grid(grid, 0.25))
+    torch.testing.assert_close(centred_grid(grid, 0.25) - grid, torch.full_like(grid, 0.25 - float(grid.median())))
+    assert float(centred_grid(grid, 0.25).median()) == pytest.approx(0.25)
+    # By hand: medians 2 and 10 (torch's median of an even count is the lower middle value).
+    assert map_median_of([torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[10.0, 30.0], [0.0, 50.0]])]) == 6.0
+
+
+def test_full_size_maps_are_centred_on_the_validation_median_only_when_asked():
+    grids = [torch.rand(4, 6, generator=torch.Generator().manual_seed(i)) + i for i in range(3)]
+    raw = RawScores(np.zeros(3), grids, [(56, 84)] * 3, np.zeros((3, 2), np.float32))
+    scale = ScaleModel(56, heads=None, cls_scorer=None, patch_scorer=None, illumination=None)
+    fit_map_medians([scale], [raw], centre=False)
+    assert scale.map_median is None
+    plain = [full_size_map([scale], [raw], i, (112, 168)) for i in range(3)]
+    fit_map_medians([scale], [raw], centre=True)
+    assert scale.map_median == pytest.approx(np.mean([float(g.median()) for g in grids]))
+    for grid, before, index in zip(grids, plain, range(3)):
+        after = full_size_map([scale], [raw], index, (112, 168))
+        # Upsampling and blur are linear with unit gain: the map moves by the grid's shift, to float16 precision.
+        np.testing.assert_allclose(after - before, scale.map_median - float(grid.median()), atol=2e-2)
