@@ -78,7 +78,7 @@ ROWS: dict[str, dict] = {
 }
 
 
-STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "Gaussian (untrained heads)", "Gaussian (trained heads)")
+STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --CENTRE_MAPS=false", "Gaussian (untrained heads)", "Gaussian (trained heads)")
 STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
 
 
