@@ -114,16 +114,19 @@ def quality_datasets(report: dict | None = None) -> str:
         return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
     lines = [f"Backbone {_shown_path(report['backbone'])}, FEATURE_LAYERS {report['feature_layers']}, seed "
              f"{report['seed']}, {report['machine']}, {report['date']}. Image score: mean of the top 1 % patch "
-             "distances; SegF1 at validation mean + 3 std. `+lighting`: the dataset's lighting-stressed copy. "
-             "train s: heads training; fit s: memory bank (coreset) or Gaussian fit; score s: distances of "
-             "every validation and test patch.", "",
-             "| dataset | size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | train s | fit s | score s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "distances; maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
+             "the row that turns it off; SegF1 at validation mean + 3 std. `+lighting`: the dataset's "
+             "lighting-stressed copy. train s: heads training; fit s: memory bank (coreset) or Gaussian fit; "
+             "score s: distances of every validation and test patch; commit: the code the row was measured with.", "",
+             "| dataset | size | row | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 | train s | fit s | score s "
+             "| commit |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for entry in report["results"]:
         m = entry["metrics"]
         lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | {fmt(m['image_auroc'])} | "
                      f"{fmt(m['au_pro_0.05'])} | {fmt(m['au_pro_0.30'])} | {fmt(m['seg_f1'])} | "
-                     f"{fmt(m['train_seconds'], 1)} | {fmt(m['fit_seconds'], 1)} | {fmt(m['score_seconds'], 1)} |")
+                     f"{fmt(m['train_seconds'], 1)} | {fmt(m['fit_seconds'], 1)} | {fmt(m['score_seconds'], 1)} | "
+                     f"{entry['commit']} |")
     lines += ["", "Mean over the datasets that have the row (regular: the datasets as they are; stressed: their "
               "re-lit copies):", "",
               "| lighting | size | row | datasets | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |",

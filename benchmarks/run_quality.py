@@ -191,7 +191,8 @@ def mean_rows(results: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets-root", type=Path, default=SHARED / "datasets")
-    parser.add_argument("--datasets", default="", help="comma-separated dataset folder names (default: all)")
+    parser.add_argument("--datasets", default="", help="comma-separated dataset folder names (default: all); "
+                        "NAME+lighting alone measures only that dataset's lighting-stressed copy")
     parser.add_argument("--image-sizes", default="224,448")
     parser.add_argument("--backbone", default=str(SHARED / "models" / "dinov2-small-imgfocus"))
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
@@ -214,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     commit = _commit()
     cases = []
     for dataset, category, data_root in datasets_under(args.datasets_root):
-        if wanted and dataset not in wanted:
+        stressed_only = dataset + STRESS_SUFFIX in wanted and dataset not in wanted
+        if wanted and dataset not in wanted and not stressed_only:
             continue
-        cases.append((dataset, category, data_root, chosen_rows))
-        if args.lighting_stress:
+        if not stressed_only:
+            cases.append((dataset, category, data_root, chosen_rows))
+        if args.lighting_stress or stressed_only:
             stress_rows = [row for row in chosen_rows if row in STRESS_ROWS]
             if stress_rows:
                 cases.append((dataset + STRESS_SUFFIX, category, stressed_copy(dataset, category, data_root), stress_rows))

@@ -34,12 +34,13 @@ def test_quality_json_rows_are_rendered_when_present():
                    "underexposed": {"au_pro_0.05": 0.4}, "shift": {"au_pro_0.05": 0.5}}
     report = {"backbone": "../shared/models/x", "feature_layers": [6, 8, 10], "seed": 0, "machine": "2 CPU threads",
               "date": "2026-11-29",
-              "results": [{"dataset": "magtile_ad2", "image_size": 224, "row": "v1.1 (default)", "metrics": metrics},
+              "results": [{"dataset": "magtile_ad2", "image_size": 224, "row": "v1.1 (default)", "metrics": metrics,
+                           "commit": "abc1234"},
                           {"dataset": "magtile_ad2+lighting", "image_size": 224, "row": "v1.1 (default)",
-                           "metrics": metrics | {"by_lighting": by_lighting}}],
+                           "metrics": metrics | {"by_lighting": by_lighting}, "commit": "abc1234"}],
               "mean_rows": [{"lighting": "regular", "image_size": 224, "row": "v1.1 (default)", "datasets": 1} | metrics]}
     lines = render_tables.quality_datasets(report).splitlines()
-    assert "| magtile_ad2 | 224 | v1.1 (default) | 0.8500 | 0.5100 | 0.7500 | 0.2800 | 4.0 | 12.0 | 3.2 |" in lines
+    assert "| magtile_ad2 | 224 | v1.1 (default) | 0.8500 | 0.5100 | 0.7500 | 0.2800 | 4.0 | 12.0 | 3.2 | abc1234 |" in lines
     assert "| regular | 224 | v1.1 (default) | 1 | 0.8500 | 0.5100 | 0.7500 | 0.2800 |" in lines
     # The stressed copy's lighting groups, and the worst group's gap to regular light (0.4 - 0.6).
     assert lines[-1] == "| magtile_ad2+lighting | 224 | v1.1 (default) | 0.6000 | 0.5500 | 0.4000 | 0.5000 | -0.2000 |"
