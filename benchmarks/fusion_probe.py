@@ -7,8 +7,9 @@ the default heads and coreset bank (``fit_heads_and_scorer``, as ``run_quality``
 and a Gaussian on the same heads score validation and test; each scorer's patch distances are
 z-scored with the validation patches' mean and std and mixed as ``(1 - w) z_knn + w z_gauss``.
 Printed per weight: test image AUROC, AU-PRO@0.05/0.30 of the raw maps (as ``--CENTRE_MAPS=false``)
-and AU-PRO@0.05 of the centred maps (the default), and AU-PRO@0.05 on the calibration set (validation images plus synthetic defects pasted into them,
-``synthetic.make_calibration_samples``): the only data a run could choose ``w`` on.
+and AU-PRO@0.05 of the centred maps (the default), and AU-PRO@0.05 on the calibration set
+(validation images plus synthetic defects pasted into them, ``synthetic.make_calibration_samples``):
+the only data a run could choose ``w`` on.
 Tokens come from run_quality's cache.
 """
 
@@ -78,9 +79,9 @@ def main(cases: list[str]) -> int:
                          for split, grids in (("validation", validation.patches), ("test", test.patches),
                                               ("calibration", calibration_grids))
                          for kind, scorer in (("knn", knn), ("gaussian", gaussian))}
-        spread = {kind: (torch.cat([g.flatten() for g in distances["validation", kind]]).mean().item(),
-                         torch.cat([g.flatten() for g in distances["validation", kind]]).std().item())
-                  for kind in ("knn", "gaussian")}
+        validation_values = {kind: torch.cat([g.flatten() for g in distances["validation", kind]])
+                             for kind in ("knn", "gaussian")}
+        spread = {kind: (values.mean().item(), values.std().item()) for kind, values in validation_values.items()}
         masks = [None if s.mask_path is None else dataset_ad2.read_mask(s.mask_path) for s in test.samples]
         labels = np.array([s.label for s in test.samples])
         calibration_masks = ([np.zeros(s, bool) for s in validation.input_sizes]
@@ -91,9 +92,10 @@ def main(cases: list[str]) -> int:
                 return [(1 - weight) * (a - spread["knn"][0]) / spread["knn"][1]
                         + weight * (b - spread["gaussian"][0]) / spread["gaussian"][1]
                         for a, b in zip(distances[split, "knn"], distances[split, "gaussian"])]
-            test_grids, mixed_calibration = mixed("test"), mixed("validation") + mixed("calibration")
+            test_grids, validation_grids = mixed("test"), mixed("validation")
+            mixed_calibration = validation_grids + mixed("calibration")
             maps = [anomaly_map(g, s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
-            reference = map_median_of(mixed("validation"))
+            reference = map_median_of(validation_grids)
             centred = [anomaly_map(centred_grid(g, reference), s, o)
                        for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
             calibration_maps = [anomaly_map(g, s, s) for g, s in zip(mixed_calibration, calibration_sizes)]
