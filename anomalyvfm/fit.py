@@ -35,7 +35,7 @@ from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, 
                               fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens
 from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
-from anomalyvfm.synthetic import make_synthetic_samples
+from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
 
 
@@ -159,13 +159,21 @@ class Runner:
             patch = self.extractor.patch_size
             # The decoded inputs of the pass above, as the backbone saw them (no second decode).
             load = lambda i: inputs[i].float().div_(255.0)
-            with timing.stage("synthetic"):
-                samples = make_synthetic_samples(load, len(read), config.SYNTHETIC_SAMPLES, config.SEED)
-            inputs.clear()  # each sample holds its own image: the sources' memory is free before training
+            samples: list[SyntheticSample] = []  # the previewed ones; the rest are let go a chunk at a time
+
+            def made_and_previewed() -> Iterator[SyntheticSample]:
+                every = max(1, config.SYNTHETIC_SAMPLES // PREVIEW_SAMPLES)
+                for index, sample in enumerate(make_synthetic_samples(load, len(read), config.SYNTHETIC_SAMPLES,
+                                                                      config.SEED)):
+                    if index % every == 0 and len(samples) < PREVIEW_SAMPLES:
+                        samples.append(sample)
+                    yield sample
+
             # float16 at once, as training keeps them: at AD 2 scale these grids are the fit's largest tensors
             encode = lambda images: [f.patches.half() for f in self.forward_tensors(images, illumination)]
-            training = training_tokens_of(samples, encode, patch_grids, patch, chunk=4 * config.BATCH_SIZE)
-            samples = samples[::max(1, len(samples) // PREVIEW_SAMPLES)][:PREVIEW_SAMPLES]  # the rest: freed
+            training = training_tokens_of(timing.timed(made_and_previewed(), "synthetic"), encode, patch_grids, patch,
+                                          chunk=config.BATCH_SIZE)
+            inputs.clear()
         heads, patch_scorer, losses = fit_heads_and_scorer(  # timed as "training" and "fitting"
             patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
             knn_bank_sampling=config.KNN_BANK_SAMPLING,

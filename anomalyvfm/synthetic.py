@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,14 +50,14 @@ class SyntheticSample:
 
 
 def make_synthetic_samples(load_source: Callable[[int], torch.Tensor], num_sources: int, count: int,
-                           seed: int) -> list[SyntheticSample]:
-    """``count`` samples (a multiple of 3), ``count // 3`` per stage, from random sources.
+                           seed: int) -> Iterator[SyntheticSample]:
+    """``count`` samples (a multiple of 3), ``count // 3`` per stage, from random sources, made one at a
+    time as they are taken (so a consumer that encodes and drops them holds only a few images at once).
 
     ``load_source(i)`` returns training image ``i`` as ``[3, h, w]`` in [0, 1] at network input size.
     """
     rng = np.random.default_rng(seed)
     per_stage = count // len(STAGES)
-    samples = []
     for stage in STAGES:
         sources = rng.choice(num_sources, size=per_stage, replace=per_stage > num_sources)
         with_defect = rng.permutation(per_stage) < round(DEFECT_SHARE * per_stage)
@@ -75,9 +75,7 @@ def make_synthetic_samples(load_source: Callable[[int], torch.Tensor], num_sourc
             regular = image if restored else None
             if restored:
                 image = NUISANCES[stage](image, rng)
-            samples.append(SyntheticSample(image=image, mask=mask, source=source, stage=stage, defect=kind,
-                                           regular=regular))
-    return samples
+            yield SyntheticSample(image=image, mask=mask, source=source, stage=stage, defect=kind, regular=regular)
 
 
 def make_calibration_samples(load_source: Callable[[int], torch.Tensor], num_sources: int, max_sources: int,

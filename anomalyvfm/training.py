@@ -23,8 +23,9 @@ are subsampled.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,22 +65,30 @@ def make_training_tokens(patches: Sequence[torch.Tensor], targets: Sequence[torc
                           torch.cat([torch.full((g.shape[0] * g.shape[1],), i) for i, g in enumerate(patches)]))
 
 
-def training_tokens_of(samples: Sequence[SyntheticSample], encode: Callable[[list[torch.Tensor]], list[torch.Tensor]],
-                       source_grids: Sequence[torch.Tensor], patch_size: int, chunk: int = 32) -> TrainingTokens:
+def training_tokens_of(samples: Iterable[SyntheticSample], encode: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+                       source_grids: Sequence[torch.Tensor], patch_size: int, chunk: int = 8) -> TrainingTokens:
     """The training tokens of ``samples``: their own patch grids and their restoration targets.
 
     ``encode(images)``: patch grids ``[gh, gw, D]`` of images ``[3, h, w]`` (the backbone, with the run's
     input normalisation); ``source_grids[i]``: training image ``i``'s grid, reused as the target of a
     defect-free sample of a restored stage (its content is its source), so only the restored samples
-    with a defect need a backbone pass of their own. Images go to ``encode`` ``chunk`` at a time (a
-    multiple of the backbone batch keeps the batches, and so the tokens, as in one call).
+    with a defect need a backbone pass of their own. Samples are taken ``chunk`` at a time: a chunk's
+    images and the regular-light contents it needs go to ``encode`` in one call and are then let go,
+    so a generator of samples keeps one chunk of images in memory, not all of them.
     """
-    encoded_regular = [i for i, s in enumerate(samples) if s.regular is not None and s.defect]
-    images = [s.image for s in samples] + [samples[i].regular for i in encoded_regular]
-    grids = [grid for start in range(0, len(images), chunk) for grid in encode(images[start:start + chunk])]
-    own, regular = grids[:len(samples)], dict(zip(encoded_regular, grids[len(samples):]))
-    targets = [own[i] if s.regular is None else regular.get(i, source_grids[s.source]) for i, s in enumerate(samples)]
-    return make_training_tokens(own, targets, [token_labels(s.mask, patch_size) for s in samples])
+    own: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    remaining = iter(samples)
+    while block := list(itertools.islice(remaining, chunk)):
+        encoded_regular = [i for i, s in enumerate(block) if s.regular is not None and s.defect]
+        grids = encode([s.image for s in block] + [block[i].regular for i in encoded_regular])
+        regular = dict(zip(encoded_regular, grids[len(block):]))
+        for i, sample in enumerate(block):
+            own.append(grids[i])
+            targets.append(grids[i] if sample.regular is None else regular.get(i, source_grids[sample.source]))
+            labels.append(token_labels(sample.mask, patch_size))
+    return make_training_tokens(own, targets, labels)
 
 
 def cosine_loss(embedded: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

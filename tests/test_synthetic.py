@@ -14,7 +14,7 @@ def _images(n=5, size=(56, 84)):
 
 def test_three_equal_stages_seeded_and_mostly_defective():
     images = _images()
-    samples = make_synthetic_samples(lambda i: images[i], len(images), 30, seed=4)
+    samples = list(make_synthetic_samples(lambda i: images[i], len(images), 30, seed=4))
     assert [s.stage for s in samples] == [stage for stage in STAGES for _ in range(10)]
     again = make_synthetic_samples(lambda i: images[i], len(images), 30, seed=4)
     for a, b in zip(samples, again):

@@ -78,11 +78,18 @@ def test_training_tokens_of_encodes_only_what_it_cannot_reuse():
     targets = training.targets.float().reshape(3, 4, 3)[:, 0, 0].tolist()
     assert targets == [0.0, 20.0, 0.5]  # own grid, source 1's grid, the encoded regular content
     assert training.labels.reshape(3, 4)[2].tolist() == [1, 0, 0, 0]
-    # in chunks of one image (bounded memory) the same tokens, targets and labels
-    calls = []
-    chunked = training_tokens_of(samples, lambda images: calls.append(len(images)) or encode(images), sources,
+    # in chunks of one sample (bounded memory; a sample's regular-light content goes with it), taken
+    # lazily from a generator: the same tokens, targets and labels
+    calls, taken = [], []
+
+    def generated():
+        for sample in samples:
+            taken.append(len(calls))  # encode calls made before this sample was asked for
+            yield sample
+
+    chunked = training_tokens_of(generated(), lambda images: calls.append(len(images)) or encode(images), sources,
                                  patch_size=14, chunk=1)
-    assert calls == [1, 1, 1, 1]
+    assert calls == [1, 1, 2] and taken == [0, 1, 2]
     for field in ("tokens", "targets", "labels", "sample_of_row"):
         assert torch.equal(getattr(chunked, field), getattr(training, field)), field
 
