@@ -30,11 +30,9 @@ import token_cache  # noqa: E402
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
-from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
+from anomalyvfm.backbone import FeatureExtractor, load_backbone, to_input  # noqa: E402
 from anomalyvfm.illumination import IlluminationRange  # noqa: E402
-from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens  # noqa: E402
-from anomalyvfm.scoring import (MAX_FIT_TOKENS, GaussianScorer, anomaly_map, centred_grid, map_median_of,  # noqa: E402
-                                top_patch_score)
+from anomalyvfm.scoring import GaussianScorer, anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
 from anomalyvfm.calibration import CALIBRATION_SOURCES  # noqa: E402
 from anomalyvfm.synthetic import make_calibration_samples  # noqa: E402
 
@@ -58,31 +56,24 @@ def main(cases: list[str]) -> int:
         tokens = token_cache.pipeline_tokens(extractor, str(root), category, backbone, size, defaults.FEATURE_LAYERS,
                                              batch_size=defaults.BATCH_SIZE)
         train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
-        settings = defaults.replace(IMAGE_SIZE=size)
+        settings = defaults.replace(IMAGE_SIZE=size, SCORER="knn")
         with torch.inference_mode():
             synthetic = run_quality.synthetic_tokens(extractor, train, size, settings.SYNTHETIC_SAMPLES, settings.SEED)
-        torch.manual_seed(settings.SEED)
-        normal_sample = sample_tokens(train.patches, MAX_FIT_TOKENS, settings.SEED)
-        heads, knn, _ = fit_heads_and_scorer(
-            train.patches, normal_sample, synthetic, scorer="knn", knn_bank_size=settings.KNN_BANK_SIZE,
-            knn_bank_sampling=settings.KNN_BANK_SAMPLING, device=torch.device("cpu"),
-            heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
-                               settings.BATCH_SIZE, settings.SEED))
+        heads, knn, _, normal_sample = run_quality.fit_row(train, synthetic, settings)
         gaussian = GaussianScorer.fit(heads.embed(normal_sample), settings.SEED)
         illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
         load = lambda i: to_input(dataset_ad2.load_image(validation.samples[i].path), validation.input_sizes[i])
         calibration = make_calibration_samples(load, len(validation.samples), CALIBRATION_SOURCES, settings.SEED)
         with torch.inference_mode():
-            calibration_grids = [extractor(normalize(illumination.apply(s.image[None]))).patches[0] for s in calibration]
-            distances = {(split, kind): [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2])
-                                         for g in grids]
+            calibration_grids = run_quality.encoder(extractor, illumination)([s.image for s in calibration])
+            distances = {(split, kind): run_quality.distance_grids(heads, scorer, grids)
                          for split, grids in (("validation", validation.patches), ("test", test.patches),
                                               ("calibration", calibration_grids))
                          for kind, scorer in (("knn", knn), ("gaussian", gaussian))}
         validation_values = {kind: torch.cat([g.flatten() for g in distances["validation", kind]])
                              for kind in ("knn", "gaussian")}
         spread = {kind: (values.mean().item(), values.std().item()) for kind, values in validation_values.items()}
-        masks = [None if s.mask_path is None else dataset_ad2.read_mask(s.mask_path) for s in test.samples]
+        masks = run_quality.ground_truth_masks(test)
         labels = np.array([s.label for s in test.samples])
         calibration_masks = ([np.zeros(s, bool) for s in validation.input_sizes]
                              + [s.mask.numpy() for s in calibration])

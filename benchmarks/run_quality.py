@@ -39,6 +39,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,8 +55,9 @@ from render_tables import fmt  # noqa: E402
 import token_cache  # noqa: E402
 from anomalyvfm import metrics, timing  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
+from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens  # noqa: E402
-from anomalyvfm.scoring import MAX_FIT_TOKENS  # noqa: E402
+from anomalyvfm.scoring import MAX_FIT_TOKENS, Scorer  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
 from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
@@ -82,6 +84,37 @@ STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --CENTRE_MAPS=false", 
 STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
 
 
+def encoder(extractor: FeatureExtractor, illumination) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """Patch grids ``[gh, gw, D]`` of in-memory images ``[3, h, w]`` in [0, 1], through the run's
+    illumination projection (an ``IlluminationRange``) and normalisation; one image at a time, as
+    sizes may differ between images."""
+    return lambda images: [extractor(normalize(illumination.apply(image[None]))).patches[0] for image in images]
+
+
+def ground_truth_masks(test: token_cache.SplitTokens) -> list[np.ndarray | None]:
+    """The test images' ground truth ``[H, W]`` bool (None for good images), decoded once per dataset."""
+    return [None if s.mask_path is None else dataset_ad2.read_mask(s.mask_path) for s in test.samples]
+
+
+def fit_row(train: token_cache.SplitTokens, synthetic: TrainingTokens | None, settings
+            ) -> tuple[StackedLoRAHeads, Scorer, list[float], torch.Tensor]:
+    """The heads and patch scorer ``settings`` give on cached training tokens, fitted as
+    ``fit.Runner.fit_scale`` does: ``(heads, scorer, loss per epoch, the Gaussian's fit sample)``."""
+    torch.manual_seed(settings.SEED)  # as fit_category: the heads' initialisation is the first draw
+    normal_sample = sample_tokens(train.patches, MAX_FIT_TOKENS, settings.SEED)
+    heads, scorer, losses = fit_heads_and_scorer(
+        train.patches, normal_sample, synthetic if settings.EPOCHS > 0 else None, scorer=settings.SCORER,
+        knn_bank_size=settings.KNN_BANK_SIZE, knn_bank_sampling=settings.KNN_BANK_SAMPLING,
+        heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
+                           settings.BATCH_SIZE, settings.SEED), device=torch.device("cpu"))
+    return heads, scorer, losses, normal_sample
+
+
+def distance_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per image the patch distances ``[gh, gw]`` of its token grid ``[gh, gw, D]``, through ``heads`` and ``scorer``."""
+    return [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2]) for g in patches]
+
+
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
                      seed: int) -> TrainingTokens:
     """The synthetic samples' training tokens, made by the product's own code (as ``fit.Runner.fit_scale``); cached."""
@@ -99,9 +132,7 @@ def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens
     load = lambda i: to_input(dataset_ad2.load_image(train.samples[i].path), train.input_sizes[i])
     samples = make_synthetic_samples(load, len(train.samples), count, seed)
     illumination = IlluminationRange.of(train.channel_mean, train.channel_std)  # as fit.Runner.fit_scale
-    # One image at a time: sizes may differ between images.
-    encode = lambda images: [extractor(normalize(illumination.apply(image[None]))).patches[0] for image in images]
-    training = training_tokens_of(samples, encode, train.patches, extractor.patch_size)
+    training = training_tokens_of(samples, encoder(extractor, illumination), train.patches, extractor.patch_size)
     token_cache.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     torch.save(vars(training), file)
     return training
@@ -111,23 +142,13 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndar
                  synthetic: TrainingTokens | None, settings) -> dict:
     """Fit with ``settings`` on cached tokens, score validation and test, compute every metric.
 
-    ``masks``: the test images' ground truth ``[H, W]`` bool (None for good images), decoded once per dataset.
+    ``masks``: ``ground_truth_masks(tokens["test_public"])``, decoded once per dataset.
     """
     train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
-    torch.manual_seed(settings.SEED)  # as fit_category: the heads' initialisation is the first draw
     timing.reset()
-    normal_sample = sample_tokens(train.patches, MAX_FIT_TOKENS, settings.SEED)
-    heads, scorer, losses = fit_heads_and_scorer(
-        train.patches, normal_sample, synthetic if settings.EPOCHS > 0 else None, scorer=settings.SCORER,
-        knn_bank_size=settings.KNN_BANK_SIZE, knn_bank_sampling=settings.KNN_BANK_SAMPLING,
-        heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
-                           settings.BATCH_SIZE, settings.SEED), device=torch.device("cpu"))
+    heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
-
-    def grids(split: token_cache.SplitTokens) -> list[torch.Tensor]:
-        return [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2]) for g in split.patches]
-
-    val_grids, test_grids = grids(validation), grids(test)
+    val_grids, test_grids = distance_grids(heads, scorer, validation.patches), distance_grids(heads, scorer, test.patches)
     score_seconds = time.perf_counter() - start
     start = time.perf_counter()
     # As fit.fit_category: maps centred on the validation images' median; image scores from the raw grids.
@@ -229,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(s) for s in args.image_sizes.split(",")):
             tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size,
                                                  defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE)
-            masks = [None if s.mask_path is None else dataset_ad2.read_mask(s.mask_path)
-                     for s in tokens["test_public"].samples]
+            masks = ground_truth_masks(tokens["test_public"])
             synthetic = None
             for row in rows:
                 settings = defaults.replace(IMAGE_SIZE=size, **ROWS[row])
