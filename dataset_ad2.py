@@ -18,7 +18,8 @@ Public API
 - ``DatasetError`` (a ``ValueError``): every bad-input error; the message says what was wrong,
   what was expected and where. ``UnreadableImageError`` (a ``DatasetError``) has ``.path``.
 - ``Sample``: one image (path, category, split, label, lighting, mask path, relative path).
-- ``lighting_of(name)``, ``lighting_group(lighting)``: lighting parsed from a file name.
+- ``lighting_of(name)``, ``lighting_group(lighting)``: lighting parsed from a file name;
+  ``scene_of(relative_path)``: the scene an image shows (its id without the lighting).
 - ``category_root``, ``list_categories``, ``list_samples``, ``load_category`` -> ``CategoryData``:
   enumeration; these read directory listings only, never pixels. ``CategoryData.without(paths)``
   leaves images out (e.g. the ones a run could not read).
@@ -107,6 +108,20 @@ def lighting_of(file_name: str | Path) -> str:
     """``"003_shift_2.png"`` -> ``"shift_2"``; a name not of the form ``NNN_<lighting>`` -> ``"unknown"``."""
     match = _LIGHTING_PATTERN.match(Path(file_name).stem)
     return match.group(1) if match else "unknown"
+
+
+def scene_of(relative_path: str) -> str:
+    """The scene an image shows, as its relative path without the lighting and extension:
+    ``"test_public/bad/003_shift_2.png"`` -> ``"test_public/bad/003"``.
+
+    AD 2 captures every test scene under several lightings with one id ``NNN`` per scene and
+    folder, so images of one scene share this value. A name not of the form ``NNN_<lighting>``
+    is a scene of its own.
+    """
+    path = Path(relative_path)
+    match = _LIGHTING_PATTERN.match(path.stem)
+    stem = path.stem[:-len(match.group(1)) - 1] if match else path.stem
+    return (path.parent / stem).as_posix()
 
 
 def lighting_group(lighting: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalyvfm.metrics import SAME_SCENES
 from anomalyvfm.model_io import write_json_atomic, write_text_atomic
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "seg_f1_baseline_rule")
@@ -79,8 +80,10 @@ def mean_metrics(categories: dict[str, dict]) -> dict:
     mean["by_lighting"] = {}
     for group in lighting_groups(categories):
         entries = [m["by_lighting"][group] for m in values if group in m.get("by_lighting", {})]
-        mean["by_lighting"][group] = {name: _nanmean([e[name] for e in entries])
-                                      for name in (*LIGHTING_METRICS, *LIGHTING_COUNTS)}
+        # The regular-light metrics of a group's scenes exist only where that category has them.
+        same_scenes = dict.fromkeys(k for e in entries for k in e if k.startswith(SAME_SCENES))
+        mean["by_lighting"][group] = {name: _nanmean([e[name] for e in entries if name in e])
+                                      for name in (*LIGHTING_METRICS, *LIGHTING_COUNTS, *same_scenes)}
     mean |= {name: _nanmean([m[name] for m in values]) for name in TOTAL_COLUMNS}
     return mean
 

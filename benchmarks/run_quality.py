@@ -165,7 +165,8 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndar
         pro = metrics.au_pro_multi(test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)
         threshold = metrics.mean_plus_k_std(val_maps)
         groups = metrics.by_lighting([s.lighting for s in test.samples], labels, scores, test_maps, masks,
-                                     num_bins=PRO_BINS, threshold=threshold)
+                                     num_bins=PRO_BINS, threshold=threshold,
+                                     scenes=[dataset_ad2.scene_of(s.relative_path) for s in test.samples])
         return {"image_auroc": metrics.image_auroc(scores, labels), "image_ap": metrics.image_ap(scores, labels),
                 "au_pro_0.05": pro[0.05], "au_pro_0.30": pro[0.3],
                 "seg_f1": metrics.seg_f1(test_maps, masks, threshold), "by_lighting": groups,

@@ -78,6 +78,14 @@ def test_lighting_of(name, lighting):
     assert ad2.lighting_of(name) == lighting
 
 
+@pytest.mark.parametrize("relative_path, scene", [
+    ("test_public/bad/003_shift_2.png", "test_public/bad/003"), ("test_public/bad/003_regular.png", "test_public/bad/003"),
+    ("test_public/good/003_underexposed.png", "test_public/good/003"), ("test_private_mixed/000_mixed.png", "test_private_mixed/000"),
+    ("train/good/IMG_0001.png", "train/good/IMG_0001"), ("test_public/bad/003_shift_5.png", "test_public/bad/003_shift_5")])
+def test_scene_of_drops_the_lighting_only(relative_path, scene):
+    assert ad2.scene_of(relative_path) == scene
+
+
 def test_lighting_group():
     assert [ad2.lighting_group(x) for x in ad2.LIGHTING_CONDITIONS] == [
         "regular", "overexposed", "underexposed", "shift", "shift", "shift", "shift", "mixed"]

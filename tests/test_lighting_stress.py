@@ -1,6 +1,7 @@
 """The lighting stress benchmark: AD 2-named re-lit variants, aligned masks, untouched train/validation."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import tifffile
 from PIL import Image
 
 import dataset_ad2 as ad2
+from anomalyvfm.metrics import SAME_SCENES
 from benchmarks import lighting_stress as stress
 
 SIZE = (24, 32)  # (H, W)
@@ -191,7 +193,7 @@ def _fake_run(results: Path, data_root: Path, *, with_seg_f1: bool) -> None:
     groups = ["regular", "overexposed", "underexposed", "shift"]
     by_lighting = {g: {"image_auroc": 1.0, "au_pro_0.05": 0.9, "n_good": 2 * (1 + 3 * (g == "shift")),
                        "n_bad": 2 * (1 + 3 * (g == "shift"))} | ({"seg_f1": 0.25} if with_seg_f1 else {})
-                   for g in groups}
+                   | ({} if g == "regular" else {"regular_same_scenes_au_pro_0.05": 0.95}) for g in groups}
     metrics = {"image_auroc": 0.8, "au_pro_0.05": 0.7, "seg_f1": 0.6, "n_test_good": 14, "n_test_bad": 14,
                "by_lighting": by_lighting}
     (results / "metrics.json").write_text(json.dumps({"categories": {"part": metrics}}))
@@ -206,11 +208,14 @@ def test_table_reads_metrics_json_and_fills_seg_f1_from_the_maps(stressed, tmp_p
     assert list(rows) == ["regular", "overexposed", "underexposed", "shift", "overall"]
     expected = [0.25] * 4 if with_seg_f1 else [1.0, 1.0, 0.0, 1.0]
     assert [rows[g]["seg_f1"] for g in ["regular", "overexposed", "underexposed", "shift"]] == expected
-    assert rows["overall"] == {"image_auroc": 0.8, "au_pro_0.05": 0.7, "seg_f1": 0.6, "n_good": 14, "n_bad": 14}
+    assert rows["overall"] == pytest.approx({"image_auroc": 0.8, "au_pro_0.05": 0.7, "regular_same_scenes_au_pro_0.05": math.nan,
+                                             "seg_f1": 0.6, "n_good": 14, "n_bad": 14}, nan_ok=True)
     assert (table["pooled_image_auroc"], table["regular_image_auroc"]) == (0.8, 1.0)
+    assert SAME_SCENES + "au_pro_0.05" in dict(stress.TABLE_COLUMNS)  # the key by_lighting writes
     markdown = stress.table_markdown(table)
-    assert "| underexposed | 1.000 | 0.900 | " in markdown
-    assert "| overall | 0.800 | 0.700 | 0.600 | 14 | 14 |" in markdown
+    assert "| underexposed | 1.000 | 0.900 | 0.950 | " in markdown
+    assert "| regular | 1.000 | 0.900 | n/a | " in markdown
+    assert "| overall | 0.800 | 0.700 | n/a | 0.600 | 14 | 14 |" in markdown
 
 
 def test_cli_writes_the_copy_and_needs_run_for_pipeline_settings(tmp_path, capsys):

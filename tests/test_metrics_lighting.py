@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from anomalyvfm.metrics import UndefinedMetricWarning, by_lighting
+from anomalyvfm.metrics import SAME_SCENES, UndefinedMetricWarning, by_lighting
 
 LIGHTINGS = ["regular", "regular", "overexposed", "overexposed", "shift_1", "shift_3", "shift_2", "mixed"]
 LABELS = [0, 1, 0, 1, 0, 1, 1, 0]
@@ -59,3 +59,28 @@ def test_only_shift_underscore_names_pool_into_shift():
                              [None, CORNER, None])
     assert list(result) == ["shift", "shifted"]
     assert (result["shift"]["n_good"], result["shift"]["n_bad"]) == (1, 1)
+
+
+def test_each_group_is_paired_with_the_regular_images_of_its_own_scenes():
+    # Regular light shows scenes a (good), b (bad, found) and c (bad, missed); the overexposed
+    # group re-lights a and b only, so it is compared with regular a and b, not with c.
+    lightings = ["regular", "regular", "regular", "overexposed", "overexposed", "mixed"]
+    scenes = ["good/a", "bad/b", "bad/c", "good/a", "bad/b", "other/m"]
+    labels, scores = [0, 1, 1, 0, 1, 0], [0.2, 0.9, 0.1, 0.3, 0.8, 0.5]
+    maps = [np.array([[0.1, 0.2], [0.3, 0.4]]), np.array([[0.9, 0.1], [0.1, 0.1]]),
+            np.array([[0.1, 0.1], [0.1, 0.9]]), np.array([[0.2, 0.3], [0.4, 0.5]]),
+            np.array([[0.9, 0.2], [0.2, 0.2]]), np.full((2, 2), 0.3)]
+    masks = [None, CORNER, CORNER, None, CORNER, None]
+    with pytest.warns(UndefinedMetricWarning, match="lighting group 'mixed'"):
+        result = by_lighting(lightings, labels, scores, maps, masks, threshold=0.5, scenes=scenes)
+    # The whole regular group: image AUROC of bad {.9, .1} against good {.2} is 1/2.
+    assert result["regular"]["image_auroc"] == 0.5 and result["regular"]["au_pro_0.05"] < 1
+    assert not any(key.startswith(SAME_SCENES) for key in result["regular"])
+    same = {key[len(SAME_SCENES):]: value for key, value in result["overexposed"].items() if key.startswith(SAME_SCENES)}
+    # Regular a and b: b's defect pixel (.9) is above every defect-free pixel, and b above a.
+    assert same == {"image_auroc": 1.0, "au_pro_0.05": 1.0, "n_good": 1, "n_bad": 1, "seg_f1": 1.0}
+    reference = by_lighting(lightings[:2], labels[:2], scores[:2], maps[:2], masks[:2], threshold=0.5)["regular"]
+    assert same == reference  # the same computation on those images alone
+    assert not any(key.startswith(SAME_SCENES) for key in result["mixed"])  # no regular image of its scene
+    with pytest.raises(ValueError, match="scenes=2"):
+        by_lighting(lightings, labels, scores, maps, masks, scenes=scenes[:2])

@@ -30,8 +30,9 @@ def test_render_replaces_only_marked_sections_and_rejects_unknown_tables():
 def test_quality_json_rows_are_rendered_when_present():
     metrics = {"image_auroc": 0.85, "au_pro_0.05": 0.51, "au_pro_0.30": 0.75, "seg_f1": 0.28, "train_seconds": 4.0,
                "fit_seconds": 12.0, "score_seconds": 3.25}
-    by_lighting = {"regular": {"au_pro_0.05": 0.6}, "overexposed": {"au_pro_0.05": 0.55},
-                   "underexposed": {"au_pro_0.05": 0.4}, "shift": {"au_pro_0.05": 0.5}}
+    same = render_tables.SAME_SCENES_AU_PRO  # each group's own scenes in regular light
+    by_lighting = {"regular": {"au_pro_0.05": 0.6}, "overexposed": {"au_pro_0.05": 0.55, same: 0.58},
+                   "underexposed": {"au_pro_0.05": 0.4, same: 0.43}, "shift": {"au_pro_0.05": 0.5, same: 0.6}}
     report = {"backbone": "../shared/models/x", "feature_layers": [6, 8, 10], "seed": 0, "machine": "2 CPU threads",
               "date": "2026-11-29",
               "results": [{"dataset": "magtile_ad2", "image_size": 224, "row": "v1.1 (default)", "metrics": metrics,
@@ -42,8 +43,12 @@ def test_quality_json_rows_are_rendered_when_present():
     lines = render_tables.quality_datasets(report).splitlines()
     assert "| magtile_ad2 | 224 | v1.1 (default) | 0.8500 | 0.5100 | 0.7500 | 0.2800 | 4.0 | 12.0 | 3.2 | abc1234 |" in lines
     assert "| regular | 224 | v1.1 (default) | 1 | 0.8500 | 0.5100 | 0.7500 | 0.2800 |" in lines
-    # The stressed copy's lighting groups, and the worst group's gap to regular light (0.4 - 0.6).
-    assert lines[-1] == "| magtile_ad2+lighting | 224 | v1.1 (default) | 0.6000 | 0.5500 | 0.4000 | 0.5000 | -0.2000 |"
+    # The stressed copy's lighting groups, the worst group's gap to regular light (0.4 - 0.6), and the worst
+    # gap to the same scenes in regular light (shift: 0.5 - 0.6; underexposed's is 0.4 - 0.43).
+    assert lines[-1] == ("| magtile_ad2+lighting | 224 | v1.1 (default) | 0.6000 | 0.5500 | 0.4000 | 0.5000 | -0.2000 "
+                         "| -0.1000 |")
+    del by_lighting["shift"][same], by_lighting["underexposed"][same], by_lighting["overexposed"][same]
+    assert render_tables.quality_datasets(report).splitlines()[-1].endswith("| -0.2000 | n/a |")  # older rows
 
 
 def test_docs_show_no_absolute_paths_of_the_measuring_machine():

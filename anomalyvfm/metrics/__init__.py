@@ -22,9 +22,11 @@
 - ``f1_optimal_threshold(maps, masks, *, num_bins=None)``: the pixel threshold maximising SegF1's
   pooled pixel F1 on maps with defects, and that F1: ``(f1, threshold)``; exact, or streaming
   over files with ``num_bins``.
-- ``by_lighting(lightings, labels, scores, maps, masks, ..., threshold=None)``: image AUROC and
-  AU-PRO per lighting group (regular, overexposed, underexposed, shift, others; the grouping of
-  ``dataset_ad2.lighting_group``), and SegF1 per group when a pixel ``threshold`` is given.
+- ``by_lighting(lightings, labels, scores, maps, masks, ..., threshold=None, scenes=None)``: image
+  AUROC and AU-PRO per lighting group (regular, overexposed, underexposed, shift, others; the
+  grouping of ``dataset_ad2.lighting_group``), SegF1 per group when a pixel ``threshold`` is
+  given, and with ``scenes`` the same on the regular-light images of each group's scenes
+  (keys prefixed ``SAME_SCENES``).
 - ``UndefinedMetricWarning``: emitted, with the reason, whenever a metric is undefined for the
   data and returns NaN (no defective or no good images, constant maps, empty input).
 
@@ -35,11 +37,11 @@ upstream and raises ValueError naming the image.
 
 from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, au_pro, au_pro_multi, normalised_pro_area, pro_curve
 from anomalyvfm.metrics.image_metrics import class_f1, f1_max, image_ap, image_auroc
-from anomalyvfm.metrics.lighting import by_lighting
+from anomalyvfm.metrics.lighting import SAME_SCENES, by_lighting
 from anomalyvfm.metrics.seg_f1 import seg_f1
 from anomalyvfm.metrics.thresholds import f1_optimal_threshold, mean_plus_k_std
 from anomalyvfm.metrics.undefined import UndefinedMetricWarning
 
-__all__ = ["DEFAULT_NUM_BINS", "UndefinedMetricWarning", "au_pro", "au_pro_multi", "by_lighting", "class_f1",
+__all__ = ["DEFAULT_NUM_BINS", "SAME_SCENES", "UndefinedMetricWarning", "au_pro", "au_pro_multi", "by_lighting", "class_f1",
            "f1_max", "f1_optimal_threshold", "image_ap", "image_auroc", "mean_plus_k_std", "normalised_pro_area",
            "pro_curve", "seg_f1"]
