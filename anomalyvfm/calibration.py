@@ -2,8 +2,8 @@
 
 The AD 2 paper's baseline rule, mean + 3 std of the validation/good maps, sees regular light
 only: under a lighting change the whole map rises above it and most pixels are flagged. The
-calibration set here is the validation images plus, for each of up to ``CALIBRATION_SOURCES``
-of them, one defect-free lighting variant and one pasted synthetic defect with its mask
+calibration set here is the validation images plus ``CALIBRATION_PAIRS`` times, for one of
+them in turn, a defect-free lighting variant and a pasted synthetic defect with its mask
 (``synthetic.make_calibration_samples``); never test images. Two values per threshold (pixel:
 map values, image: image scores):
 
@@ -41,7 +41,7 @@ from anomalyvfm.synthetic import make_calibration_samples
 if TYPE_CHECKING:
     from anomalyvfm.fit import Runner
 
-CALIBRATION_SOURCES = 30  # validation images that get a lighting variant and a synthetic defect each
+CALIBRATION_PAIRS = 30  # (lighting variant, synthetic defect) pairs, made from the validation images in turn
 # candidate_thresholds rules the product uses; benchmarks/threshold_rules.py compares them all
 PIXEL_RULE = "midpoint(F1 synthetic, mean+3σ with lighting)"
 IMAGE_RULE = "min(F1 synthetic, mean+3σ with lighting)"
@@ -71,15 +71,15 @@ class CalibrationSet:
 
 def calibration_set(runner: Runner, scales: Sequence[ScaleModel], load_validation: Callable[[int], torch.Tensor],
                     validation: Sequence[RawScores], seed: int) -> CalibrationSet:
-    """The validation images and, for up to ``CALIBRATION_SOURCES`` of them, a defect-free lighting variant
-    and a pasted synthetic defect, scored with the fitted ``scales`` (score fusion fitted).
+    """The validation images and ``CALIBRATION_PAIRS`` pairs of a defect-free lighting variant and a pasted
+    synthetic defect made from them, scored with the fitted ``scales`` (score fusion fitted).
 
     ``validation``: per scale the raw scores of the validation images; ``load_validation(i)``: validation
     image ``i`` ``[3, h, w]`` in [0, 1] at the first scale's input size.
     """
     count = len(validation[0].grids)
     with timing.stage("synthetic"):
-        samples = make_calibration_samples(load_validation, count, CALIBRATION_SOURCES, seed)
+        samples = make_calibration_samples(load_validation, count, CALIBRATION_PAIRS, seed)
     synthetic = []
     for scale, raw in zip(scales, validation):
         images = [_resized(s.image, raw.input_sizes[s.source]) for s in samples]

@@ -78,16 +78,20 @@ def make_synthetic_samples(load_source: Callable[[int], torch.Tensor], num_sourc
             yield SyntheticSample(image=image, mask=mask, source=source, stage=stage, defect=kind, regular=regular)
 
 
-def make_calibration_samples(load_source: Callable[[int], torch.Tensor], num_sources: int, max_sources: int,
+def make_calibration_samples(load_source: Callable[[int], torch.Tensor], num_sources: int, pairs: int,
                              seed: int) -> list[SyntheticSample]:
-    """Samples for choosing the decision thresholds: per source image (at most ``max_sources``, a seeded
-    choice) one defect-free lighting variant and one pasted defect, under a lighting variant half the time.
+    """Samples for choosing the decision thresholds: ``pairs`` times, for a source image, one defect-free
+    lighting variant and one pasted defect, under a lighting variant half the time.
 
+    The sources are a seeded permutation of the ``num_sources`` images, taken in turn and from the
+    start again when ``pairs`` exceeds them: a small validation set (6 images on the demo) still
+    gets ``pairs`` different lightings and defects, not ``num_sources``.
     ``load_source(i)`` returns validation image ``i`` as ``[3, h, w]`` in [0, 1] at network input size.
     A generator of its own (not the training samples' stream): the same seed gives the same samples.
     """
     rng = np.random.default_rng([seed, 1])
-    sources = rng.permutation(num_sources)[:max_sources].tolist()
+    order = rng.permutation(num_sources).tolist()
+    sources = [order[i % num_sources] for i in range(pairs)] if num_sources else []
     samples = []
     for source in sources:
         image = load_source(source)

@@ -33,7 +33,7 @@ from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, to_input  # noqa: E402
 from anomalyvfm.illumination import IlluminationRange  # noqa: E402
 from anomalyvfm.scoring import GaussianScorer, anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
-from anomalyvfm.calibration import CALIBRATION_SOURCES  # noqa: E402
+from anomalyvfm.calibration import CALIBRATION_PAIRS  # noqa: E402
 from anomalyvfm.synthetic import make_calibration_samples  # noqa: E402
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -63,7 +63,7 @@ def main(cases: list[str]) -> int:
         gaussian = GaussianScorer.fit(heads.embed(normal_sample), settings.SEED)
         illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
         load = lambda i: to_input(dataset_ad2.load_image(validation.samples[i].path), validation.input_sizes[i])
-        calibration = make_calibration_samples(load, len(validation.samples), CALIBRATION_SOURCES, settings.SEED)
+        calibration = make_calibration_samples(load, len(validation.samples), CALIBRATION_PAIRS, settings.SEED)
         with torch.inference_mode():
             calibration_grids = run_quality.encoder(extractor, illumination)([s.image for s in calibration])
             distances = {(split, kind): run_quality.distance_grids(heads, scorer, grids)

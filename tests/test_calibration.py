@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anomalyvfm import metrics
-from anomalyvfm.calibration import (CALIBRATION_SOURCES, IMAGE_RULE, PIXEL_RULE, calibrate_thresholds, calibration_set,
+from anomalyvfm.calibration import (CALIBRATION_PAIRS, IMAGE_RULE, PIXEL_RULE, calibrate_thresholds, calibration_set,
                                    candidate_thresholds)
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, full_size_map
@@ -22,15 +22,28 @@ def _validation_images(count: int, size: tuple[int, int] = (56, 84)) -> list[tor
 
 def test_calibration_samples_pair_a_lighting_variant_with_a_defect_per_source():
     images = _validation_images(4)
-    samples = make_calibration_samples(lambda i: images[i], len(images), max_sources=3, seed=5)
-    assert len(samples) == 6  # at most max_sources sources, two samples each
+    samples = make_calibration_samples(lambda i: images[i], len(images), pairs=3, seed=5)
+    assert len(samples) == 6  # two samples a pair
     clean, defective = samples[0::2], samples[1::2]
     assert all(not s.defect and not s.mask.any() and s.stage == "photometric" for s in clean)
     assert all(s.defect and s.mask.any() for s in defective)
     assert all(not torch.equal(s.image, images[s.source]) for s in clean)  # re-lit
     assert [s.source for s in clean] == [s.source for s in defective] and len({s.source for s in clean}) == 3
-    again = make_calibration_samples(lambda i: images[i], len(images), max_sources=3, seed=5)
+    again = make_calibration_samples(lambda i: images[i], len(images), pairs=3, seed=5)
     assert all(torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask) for a, b in zip(samples, again))
+
+
+def test_a_small_validation_set_still_gets_every_pair_from_its_images_in_turn():
+    images = _validation_images(3)
+    samples = make_calibration_samples(lambda i: images[i], len(images), pairs=7, seed=5)
+    sources = [s.source for s in samples[0::2]]
+    assert len(samples) == 14 and sorted(sources[:3]) == [0, 1, 2] and sources == sources[:3] * 2 + sources[:1]
+    variants = [s.image for s in samples[0::2]]
+    assert not torch.equal(variants[0], variants[3])  # the same image in turn, under another light
+    # With at least as many images as pairs, the first ones of the same seeded order, as before.
+    first = make_calibration_samples(lambda i: images[i], len(images), pairs=2, seed=5)
+    assert [s.source for s in first] == [s.source for s in samples[:4]]
+    assert make_calibration_samples(lambda i: images[i], 0, pairs=7, seed=5) == []
 
 
 class _MaskReadingRunner:
@@ -60,11 +73,12 @@ def test_candidate_rules_and_the_product_rule_on_a_constructed_calibration_set()
                        fusion=ScoreFusion(0.0, 1.0, 0.0, 1.0))
     validation = runner.raw_scores_of_images(scale, images)
     calibration = calibration_set(runner, [scale], lambda i: images[i], [validation], seed=0)
-    assert calibration.count == 6 and int(calibration.labels.sum()) == int(calibration.relit.sum()) == 6
+    # 6 validation images, CALIBRATION_PAIRS pairs made from them in turn.
+    assert calibration.count == 6 and int(calibration.labels.sum()) == int(calibration.relit.sum()) == CALIBRATION_PAIRS
     pixel, image = candidate_thresholds(calibration)
 
     # Rebuilt by hand: the same maps, masks and scores.
-    samples = make_calibration_samples(lambda i: images[i], 6, CALIBRATION_SOURCES, 0)
+    samples = make_calibration_samples(lambda i: images[i], 6, CALIBRATION_PAIRS, 0)
     synthetic = runner.raw_scores_of_images(scale, [s.image for s in samples])
     maps = [full_size_map([scale], [validation], i, (56, 84)) for i in range(6)]
     maps += [full_size_map([scale], [synthetic], j, (56, 84)) for j in range(len(samples))]

@@ -82,5 +82,10 @@ def test_each_group_is_paired_with_the_regular_images_of_its_own_scenes():
     reference = by_lighting(lightings[:2], labels[:2], scores[:2], maps[:2], masks[:2], threshold=0.5)["regular"]
     assert same == reference  # the same computation on those images alone
     assert not any(key.startswith(SAME_SCENES) for key in result["mixed"])  # no regular image of its scene
+    # A group showing every regular scene is compared with the whole regular group.
+    whole = by_lighting(lightings[:3] + ["shift_1"] * 3, labels[:3] * 2, scores[:3] * 2, maps[:3] * 2, masks[:3] * 2,
+                        scenes=scenes[:3] * 2)
+    paired = {key[len(SAME_SCENES):]: value for key, value in whole["shift"].items() if key.startswith(SAME_SCENES)}
+    assert paired == whole["regular"]
     with pytest.raises(ValueError, match="scenes=2"):
         by_lighting(lightings, labels, scores, maps, masks, scenes=scenes[:2])
