@@ -71,7 +71,7 @@ def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, 
         for group in (g for g in order if g != "regular"):
             shown = {scenes[i] for i in members[group]}
             paired = [i for i in members["regular"] if scenes[i] in shown]
-            if paired:  # every scene of the group in regular light (AD 2's own test sets): nothing to recompute
+            if paired:  # the group shows every regular scene (every scene under every light): nothing to recompute
                 same = result["regular"] if paired == members["regular"] else \
                     metrics_of(paired, f"{group!r} (regular light, same scenes)")
                 result[group] |= {SAME_SCENES + name: value for name, value in same.items()}
