@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import render_tables  # noqa: E402
+from anomalyvfm.metrics import SAME_SCENES  # noqa: E402
 
 
 @pytest.mark.parametrize("document", render_tables.DOCUMENTS, ids=lambda path: path.name)
@@ -31,6 +32,7 @@ def test_quality_json_rows_are_rendered_when_present():
     metrics = {"image_auroc": 0.85, "au_pro_0.05": 0.51, "au_pro_0.30": 0.75, "seg_f1": 0.28, "train_seconds": 4.0,
                "fit_seconds": 12.0, "score_seconds": 3.25}
     same = render_tables.SAME_SCENES_AU_PRO  # each group's own scenes in regular light
+    assert same == SAME_SCENES + "au_pro_0.05"  # the key metrics.by_lighting writes, spelled out in render_tables
     by_lighting = {"regular": {"au_pro_0.05": 0.6}, "overexposed": {"au_pro_0.05": 0.55, same: 0.58},
                    "underexposed": {"au_pro_0.05": 0.4, same: 0.43}, "shift": {"au_pro_0.05": 0.5, same: 0.6}}
     report = {"backbone": "../shared/models/x", "feature_layers": [6, 8, 10], "seed": 0, "machine": "2 CPU threads",
