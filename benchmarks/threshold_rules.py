@@ -110,15 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     names = list(next(iter(table.values()))["seg_f1"])
     print("| rule | " + " | ".join(f"{run} SegF1 | {run} ClassF1" for run in table) + " | mean SegF1 | mean ClassF1 |")
     print("|---|" + "---:|---:|" * len(table) + "---:|---:|")
-    for name in names:
-        seg = [entry["seg_f1"][name]["overall"] for entry in table.values()]
-        cls = [entry["class_f1"][name] for entry in table.values()]
+
+    def print_row(name: str, seg: list[float], cls: list[float]) -> None:
         cells = " | ".join(f"{s:.4f} | {c:.4f}" for s, c in zip(seg, cls))
         print(f"| {name} | {cells} | {np.mean(seg):.4f} | {np.mean(cls):.4f} |")
-    seg = [entry["best"]["seg_f1"] for entry in table.values()]
-    cls = [entry["best"]["class_f1"] for entry in table.values()]
-    cells = " | ".join(f"{s:.4f} | {c:.4f}" for s, c in zip(seg, cls))
-    print(f"| {BEST_ROW} | {cells} | {np.mean(seg):.4f} | {np.mean(cls):.4f} |")
+
+    for name in names:
+        print_row(name, [entry["seg_f1"][name]["overall"] for entry in table.values()],
+                  [entry["class_f1"][name] for entry in table.values()])
+    print_row(BEST_ROW, [entry["best"]["seg_f1"] for entry in table.values()],
+              [entry["best"]["class_f1"] for entry in table.values()])
     print()
     print(f"SegF1 per lighting group (the product's rules: pixel {PIXEL_RULE}, image {IMAGE_RULE}):")
     for run, entry in table.items():
