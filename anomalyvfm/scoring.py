@@ -89,6 +89,7 @@ class NearestNeighbourScorer:
 Scorer = GaussianScorer | NearestNeighbourScorer
 
 CORESET_DIM = 128  # PatchCore's random projection for the coreset search: distances kept within a few %
+CORESET_CANDIDATES = 64  # farthest points a batch of greedy steps is taken among (speed only: same selection)
 
 
 def coreset_projection(dim: int, seed: int) -> torch.Tensor:
@@ -100,53 +101,66 @@ def coreset_projection(dim: int, seed: int) -> torch.Tensor:
     return torch.randn(dim, CORESET_DIM, generator=generator) / CORESET_DIM ** 0.5
 
 
-def greedy_coreset(points: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+def greedy_coreset(points: torch.Tensor, size: int, seed: int, candidates: int = CORESET_CANDIDATES) -> torch.Tensor:
     """Indices ``[size]`` (selection order) of a greedy k-center coreset of ``points`` ``[N, d]`` (PatchCore).
 
     Start at a seeded random point; repeatedly add the point farthest (Euclidean) from every point
     chosen so far. The result covers every point within the smallest radius the greedy reaches, so a
     nearest-neighbour bank keeps the rare normal appearances a random subsample loses.
 
-    Exactly the plain greedy, made fast by the triangle inequality: each point keeps the centre it is
-    nearest to; a point whose distance to that centre is at most half that centre's distance to the
-    new one cannot get closer to the new one, and is skipped. ``size >= N`` returns every index.
+    The plain greedy's selection (up to float rounding in near-ties), in batches: distances only
+    shrink, so while one of the ``candidates`` farthest points stays farther than the next farthest
+    point was, it is the next choice; steps are taken among those few points alone, and every other
+    point is updated once per batch, by one ``[rows, batch]`` product instead of a pass per step.
+    Rows: by the triangle inequality, a point within half its nearest centre's distance of every new
+    centre cannot get closer to one, and is skipped. ``size >= N`` returns every index.
     """
     count = len(points)
     if size >= count:
         return torch.arange(count)
     x = points.detach().float().contiguous()
     norms = (x * x).sum(-1)
-    # Per-point bookkeeping in NumPy, whose fancy indexing, masks and argmax over [N] are cheaper than
-    # torch's on a CPU: the same selection in 10-20 % less time (docs/Benchmark.md).
-    points_np, norms_np = x.numpy(), norms.numpy()
     generator = torch.Generator().manual_seed(seed)
     chosen = np.empty(size, dtype=np.int64)
     chosen[0] = int(torch.randint(count, (1,), generator=generator))
     centres, centre_norms = torch.empty(size, x.shape[1]), torch.empty(size)
     centres[0], centre_norms[0] = x[chosen[0]], norms[chosen[0]]
-    nearest = _euclidean(x, norms, centres[0], centre_norms[0]).numpy()  # [N] distance to the nearest centre
-    owner = np.zeros(count, dtype=np.int64)                              # [N] that centre
-    for k in range(1, size):
-        new = int(nearest.argmax())
-        chosen[k], centres[k], centre_norms[k] = new, x[new], norms[new]
-        between = _euclidean(centres[:k], centre_norms[:k], centres[k], centre_norms[k]).numpy()  # [k]
+    # Per-point bookkeeping in NumPy, whose fancy indexing, masks and argmax over [N] are cheaper than torch's.
+    nearest = _euclidean(x, norms, centres[:1], centre_norms[:1])[:, 0].numpy().copy()  # [N] to the nearest centre
+    owner = np.zeros(count, dtype=np.int64)                                             # [N] that centre
+    top = min(candidates, count - 1)
+    k = 1
+    while k < size:
+        order = np.argpartition(nearest, count - top - 1)
+        batch_rows, bound = order[count - top:], nearest[order[count - top - 1]]  # every other point is at most `bound` away
+        rows_t = torch.from_numpy(batch_rows)
+        batch_x, batch_norms, batch_nearest = x[rows_t], norms[rows_t], nearest[batch_rows].copy()
+        first = k
+        while k < size:
+            best = int(batch_nearest.argmax())
+            if k > first and not batch_nearest[best] > bound:
+                break
+            new = int(batch_rows[best])
+            chosen[k], centres[k], centre_norms[k] = new, x[new], norms[new]
+            np.minimum(batch_nearest, _euclidean(batch_x, batch_norms, centres[k:k + 1], centre_norms[k:k + 1])[:, 0].numpy(),
+                       out=batch_nearest)
+            k += 1
+        new_centres, new_norms = centres[first:k], centre_norms[first:k]
+        between = _euclidean(centres[:k], centre_norms[:k], new_centres, new_norms).numpy().min(1)  # [k]
         rows = np.flatnonzero(between[owner] < 2 * nearest)
-        if len(rows) > count // 4:  # most points: one pass over all beats gathering them
-            distance = _euclidean(x, norms, centres[k], centre_norms[k]).numpy()
-            closer = distance < nearest
-            nearest[closer], owner[closer] = distance[closer], k
-        elif len(rows):
-            distance = _euclidean(torch.from_numpy(points_np[rows]), torch.from_numpy(norms_np[rows]),
-                                  centres[k], centre_norms[k]).numpy()
-            closer = distance < nearest[rows]
-            rows = rows[closer]
-            nearest[rows], owner[rows] = distance[closer], k
+        for part in np.array_split(rows, max(1, len(rows) // 65_536)):
+            part_t = torch.from_numpy(part)
+            distance = _euclidean(x[part_t], norms[part_t], new_centres, new_norms).numpy()  # [rows, batch]
+            which = distance.argmin(1)
+            value = distance[np.arange(len(part)), which]
+            closer = value < nearest[part]
+            nearest[part[closer]], owner[part[closer]] = value[closer], which[closer] + first
     return torch.from_numpy(chosen)
 
 
-def _euclidean(points: torch.Tensor, norms: torch.Tensor, centre: torch.Tensor, centre_norm: torch.Tensor) -> torch.Tensor:
-    """Distances ``[N]`` of ``points`` ``[N, d]`` (squared norms ``[N]``) to one ``centre`` ``[d]``."""
-    return (norms - 2 * (points @ centre) + centre_norm).clamp_min(0).sqrt()
+def _euclidean(points: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor, centre_norms: torch.Tensor) -> torch.Tensor:
+    """Distances ``[N, b]`` of ``points`` ``[N, d]`` (squared norms ``[N]``) to ``centres`` ``[b, d]`` (``[b]``)."""
+    return (norms[:, None] - 2 * (points @ centres.T) + centre_norms[None, :]).clamp_min(0).sqrt()
 
 
 def fit_scorer(kind: str, features: torch.Tensor, *, bank_size: int, seed: int) -> Scorer:

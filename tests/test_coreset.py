@@ -35,6 +35,14 @@ def test_greedy_coreset_equals_the_unpruned_greedy():
         assert chosen.tolist() == _reference_greedy(points, 150, int(chosen[0])), (count, dim)
 
 
+def test_greedy_coreset_batches_do_not_change_the_selection():
+    # One candidate: a pass per step, as the textbook greedy; more: batches of steps of every length.
+    points = _clustered(2000, 16, 5)
+    reference = _reference_greedy(points, 300, int(greedy_coreset(points, 1, 5)[0]))
+    for candidates in (1, 2, 7, 64, 1999, 5000):
+        assert greedy_coreset(points, 300, 5, candidates=candidates).tolist() == reference, candidates
+
+
 def test_greedy_coreset_keeps_rare_points_that_a_random_subsample_misses():
     generator = torch.Generator().manual_seed(0)
     common = torch.randn(20_000, 16, generator=generator) * 0.1
