@@ -5,7 +5,8 @@
 
 Each measurement runs in a fresh subprocess, so every peak memory figure is that part's
 own. Prints Markdown tables and writes benchmarks/latest.json (paths relative to the
-repository root).
+repository root) after every case; the cases an earlier run wrote there and this one does not
+rerun are kept, each row with the date and commit it was measured at.
 
 - floor: ONE FULL-DEPTH backbone pass (every block) over each image of the category, with
   the pipeline's loader and batching: what a user compares the pipeline with.
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anomalyvfm.method import Method  # noqa: E402
+from benchmarks.provenance import code_commit  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DATASETS = SHARED / "datasets"
@@ -216,6 +218,39 @@ def machine() -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); no GPU"
 
 
+SETTINGS_KEYS = ("backbone", "max_images", "config")  # rows measured otherwise are not merged
+
+
+def settings_conflicts(earlier: dict, report: dict) -> list[str]:
+    """The ``SETTINGS_KEYS`` whose values differ between an earlier report and this run's."""
+    return [key for key in SETTINGS_KEYS if earlier.get(key) != report.get(key)]
+
+
+def merged(earlier: dict | None, report: dict) -> dict:
+    """``report`` plus what ``earlier`` (the output file it is about to replace) measured and this run did not.
+
+    Dataset runs and AD 2-scale cases are matched by (dataset, IMAGE_SIZE), quality rows also by
+    variant; the rerun ones are replaced, the others kept with their own ``measured`` (date, commit);
+    the AU-PRO comparison is kept unless rerun. ``skipped_cases``: the cases skipped now or before
+    that have no row. Called before every write, so a stopped run keeps every earlier row."""
+    if not earlier:
+        return report
+    out = dict(report)
+    keys = {"runs": ("dataset", "image_size"), "ad2_scale": ("dataset", "image_size"),
+            "quality": ("dataset", "image_size", "variant")}
+    for part, names in keys.items():
+        fresh = {tuple(row[name] for name in names) for row in report[part]}
+        kept = [dict(row, measured=row.get("measured", earlier.get("date", "unknown")),
+                     machine=row.get("machine", earlier.get("machine", "unknown")))
+                for row in earlier.get(part, []) if tuple(row[name] for name in names) not in fresh]
+        out[part] = sorted(kept + report[part], key=lambda row: (row["dataset"], row["image_size"]))
+    if not report.get("au_pro") and earlier.get("au_pro"):
+        out["au_pro"] = dict(earlier["au_pro"], measured=earlier["au_pro"].get("measured", earlier.get("date", "unknown")))
+    measured = {f"{Path(row['dataset']).name}@{row['image_size']}" for row in out["runs"]}
+    out["skipped_cases"] = sorted((set(report["skipped_cases"]) | set(earlier.get("skipped_cases", []))) - measured)
+    return out
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
@@ -224,11 +259,14 @@ def markdown(report: dict) -> str:
     subset = f", at most {report['max_images']} images per folder" if report["max_images"] else ""
     settings = f", settings {' '.join(report['config'])}" if report["config"] else ""
     skipped = f"; not run: {', '.join(report['skipped_cases'])}" if report.get("skipped_cases") else ""
-    lines = [f"Machine: {report['machine']}", f"Backbone: {report['backbone']}{subset}{settings}{skipped}", ""]
+    machines = sorted({row.get("machine", report["machine"]) for part in ("runs", "ad2_scale") for row in report.get(part, [])}
+                      or {report["machine"]})
+    lines = [f"Machine: {'; '.join(machines)}" + (" (each row's measured date says which)" if len(machines) > 1 else ""),
+             f"Backbone: {report['backbone']}{subset}{settings}{skipped}", ""]
     stage_names = sorted({name for row in report["runs"] for name in row["pipeline"]["stages"]})
     lines += ["| dataset | IMAGE_SIZE | images | floor s | pipeline s | **ratio** | images/s | peak RSS MiB | "
-              "heads+bank+score / backbone | " + " | ".join(f"{name} s" for name in stage_names) + " |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stage_names)]
+              "heads+bank+score / backbone | " + " | ".join(f"{name} s" for name in stage_names) + " | measured |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stage_names) + "---|"]
     for row in report["runs"]:
         floor, pipe = row["floor"], row["pipeline"]
         stages = " | ".join(f"{pipe['stages'].get(name, 0.0):.1f}" for name in stage_names)
@@ -236,7 +274,8 @@ def markdown(report: dict) -> str:
         share = own / pipe["stages"]["backbone"] if pipe["stages"].get("backbone") else float("nan")
         lines.append(f"| {row['dataset']} | {row['image_size']} | {floor['images']} | {floor['seconds']:.1f} | "
                      f"{pipe['seconds']:.1f} | **{row['ratio']:.3f}** | {pipe['images'] / pipe['seconds']:.2f} | "
-                     f"{max(pipe['peak_rss_mib'], floor['peak_rss_mib']):.0f} | {share:.0%} | {stages} |")
+                     f"{max(pipe['peak_rss_mib'], floor['peak_rss_mib']):.0f} | {share:.0%} | {stages} | "
+                     f"{row.get('measured', 'n/a')} |")
     lines.append("")
     lines += ["| dataset | IMAGE_SIZE | image AUROC | AU-PRO@0.05 | AU-PRO@0.30 | SegF1 |", "|---|---:|---:|---:|---:|---:|"]
     for row in report["runs"]:
@@ -248,16 +287,18 @@ def markdown(report: dict) -> str:
         lines += [f"AD 2 scale (generated PNGs; {', '.join(f'{n} {k}' for k, n in AD2_SCALE_COUNTS.items())}); "
                   f"memory target {MEMORY_TARGET_MIB} MiB", "",
                   "| dataset | IMAGE_SIZE | decode s/image (1 process) | load wait s | backbone s | maps s | metrics s | "
-                  "pipeline s | images/s | peak RSS MiB | worker peak MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "pipeline s | images/s | peak RSS MiB | worker peak MiB | measured |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in report["ad2_scale"]:
             pipe, stages = row["pipeline"], row["pipeline"]["stages"]
             lines.append(f"| {row['dataset']} | {row['image_size']} | {row['decode']['seconds_per_image']:.3f} | "
                          f"{stages.get('load', 0):.1f} | {stages.get('backbone', 0):.1f} | {stages.get('maps', 0):.1f} | "
                          f"{stages.get('metrics', 0):.1f} | {pipe['seconds']:.1f} | {pipe['images'] / pipe['seconds']:.2f} | "
-                         f"{pipe['peak_rss_mib']:.0f} | {pipe['worker_peak_rss_mib']:.0f} |")
+                         f"{pipe['peak_rss_mib']:.0f} | {pipe['worker_peak_rss_mib']:.0f} | {row.get('measured', 'n/a')} |")
         lines.append("")
     if report.get("au_pro"):
-        lines += ["| AU-PRO case | method | seconds | peak RSS (MiB) | AU-PRO@0.05 |", "|---|---|---:|---:|---:|"]
+        lines += [f"AU-PRO, exact against streaming (measured {report['au_pro'].get('measured', 'n/a')})", "",
+                  "| AU-PRO case | method | seconds | peak RSS (MiB) | AU-PRO@0.05 |", "|---|---|---:|---:|---:|"]
         for row in report["au_pro"]["rows"]:
             lines.append(f"| {row['case']} | {row['method']} | {_fmt(row.get('seconds'), 2)} | "
                          f"{_fmt(row.get('peak_rss_mib'), 0)} | {_fmt(row.get('au_pro'), 6)} |")
@@ -324,6 +365,15 @@ def main() -> int:
               "max_images": args.max_images, "config": args.config, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "skipped_cases": args.skip_cases,
               "runs": [], "ad2_scale": [],
               "quality": []}
+    earlier = json.loads(args.output.read_text()) if args.output.is_file() else None
+    conflicts = settings_conflicts(earlier, report) if earlier else []
+    if conflicts:
+        print(f"error: {relative(args.output)} holds rows measured with another "
+              + ", ".join(f"{key} ({earlier.get(key)!r}, now {report[key]!r})" for key in conflicts)
+              + "; its rows are kept and merged only with rows measured the same way. Pass --output=<another file> "
+              "(nothing was run)", file=sys.stderr)
+        return 2
+    measured = f"{report['date'][:10]}, {code_commit()}"
     with tempfile.TemporaryDirectory(prefix="anomalyvfm-bench-data-") as workspace:
         for name in names:
             for category in dataset_ad2.list_categories(DATASETS / name):
@@ -335,17 +385,19 @@ def main() -> int:
                         continue
                     row = {"dataset": relative(DATASETS / name), "category": category, "image_size": size,
                            "floor": _subprocess(args, data_root, category, size, "floor"),
-                           "pipeline": _subprocess(args, data_root, category, size, "pipeline", "v1.1")}
+                           "pipeline": _subprocess(args, data_root, category, size, "pipeline", "v1.1"),
+                           "measured": measured, "machine": report["machine"]}
                     row["ratio"] = row["pipeline"]["seconds"] / row["floor"]["seconds"]
                     report["runs"].append(row)
-                    write_json_atomic(args.output, report)  # after every case: a stopped run keeps what it measured
+                    write_json_atomic(args.output, merged(earlier, report))  # after every case: a stopped run keeps what it measured
                     print(f"{name} @{size}: ratio {row['ratio']:.3f}", file=sys.stderr, flush=True)
                     if args.quality:
                         for variant in QUALITY_VARIANTS:
                             result = row["pipeline"] if variant == "v1.1" else _subprocess(
                                 args, data_root, category, size, "pipeline", variant)
                             report["quality"].append({"dataset": row["dataset"], "image_size": size, "variant": variant,
-                                                      "metrics": result["metrics"], "seconds": result["seconds"]})
+                                                      "metrics": result["metrics"], "seconds": result["seconds"],
+                                                      "measured": measured})
         if not args.skip_ad2_scale:
             generated = Path(workspace) / "ad2_scale"
             for seed, (name, shape) in enumerate(AD2_SCALE):
@@ -353,14 +405,16 @@ def main() -> int:
                 for size in args.image_sizes:
                     row = {"dataset": f"{name} (generated)", "image_size": size,
                            "decode": _subprocess(args, generated, name, size, "decode"),
-                           "pipeline": _subprocess(args, generated, name, size, "pipeline", "v1.1")}
+                           "pipeline": _subprocess(args, generated, name, size, "pipeline", "v1.1"),
+                           "measured": measured, "machine": report["machine"]}
                     report["ad2_scale"].append(row)
-                    write_json_atomic(args.output, report)
+                    write_json_atomic(args.output, merged(earlier, report))
                     print(f"{name} @{size}: {row['pipeline']['seconds']:.1f} s", file=sys.stderr, flush=True)
     if not args.skip_au_pro:
         from benchmarks.bench_au_pro import benchmark_au_pro
 
-        report["au_pro"] = benchmark_au_pro()
+        report["au_pro"] = dict(benchmark_au_pro(), measured=measured)
+    report = merged(earlier, report)
     write_json_atomic(args.output, report)
     print(markdown(report))
     print(f"\nwritten: {relative(args.output)}")

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -53,6 +52,7 @@ import dataset_ad2  # noqa: E402
 import render_tables  # noqa: E402
 from render_tables import fmt  # noqa: E402
 import token_cache  # noqa: E402
+from provenance import code_commit  # noqa: E402
 from anomalyvfm import metrics, timing  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
     backbone = load_backbone(args.backbone)
     extractor = FeatureExtractor(backbone, defaults.FEATURE_LAYERS)
-    commit = _commit()
+    commit = code_commit()
     cases = []
     for dataset, category, data_root in datasets_under(args.datasets_root):
         stressed_only = dataset + STRESS_SUFFIX in wanted and dataset not in wanted
@@ -290,18 +290,6 @@ def save(output: Path, results: list[dict], backbone: str, defaults, row_order: 
     output.write_text(json.dumps(report, indent=2) + "\n")
     output.with_suffix(".md").write_text(render_tables.quality_datasets(report) + "\n")
     return report
-
-
-def _commit() -> str:
-    """The code's git commit (with "+changes" when the working tree differs), for each row's record."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":
