@@ -26,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_quality  # noqa: E402
-import token_cache  # noqa: E402
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
-from anomalyvfm.backbone import FeatureExtractor, load_backbone, to_input  # noqa: E402
+from anomalyvfm.backbone import to_input  # noqa: E402
 from anomalyvfm.illumination import IlluminationRange  # noqa: E402
 from anomalyvfm.scoring import GaussianScorer, anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
 from anomalyvfm.calibration import CALIBRATION_PAIRS  # noqa: E402
@@ -40,21 +39,14 @@ WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def main(cases: list[str]) -> int:
+    try:
+        parsed, extractor, backbone = run_quality.probe_setup(cases)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     defaults = v11.default_config()
-    backbone = str(run_quality.SHARED / "models" / "dinov2-small-imgfocus")
-    extractor = FeatureExtractor(load_backbone(backbone), defaults.FEATURE_LAYERS)
-    roots = {name: (category, root) for name, category, root in run_quality.datasets_under(run_quality.SHARED / "datasets")}
-    for case in cases:
-        name, _, size = case.partition("@")
-        base = name.removesuffix(run_quality.STRESS_SUFFIX)
-        if base not in roots or not size.isdigit():
-            print(f"error: {case!r} is not DATASET@SIZE with DATASET one of {sorted(roots)}", file=sys.stderr)
-            return 2
-        size, (category, root) = int(size), roots[base]
-        if name != base:
-            root = run_quality.stressed_copy(base, category, root)
-        tokens = token_cache.pipeline_tokens(extractor, str(root), category, backbone, size, defaults.FEATURE_LAYERS,
-                                             batch_size=defaults.BATCH_SIZE)
+    for name, size in parsed:
+        tokens = run_quality.case_tokens(extractor, backbone, name, size)
         train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
         settings = defaults.replace(IMAGE_SIZE=size, SCORER="knn")
         with torch.inference_mode():

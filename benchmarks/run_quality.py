@@ -188,6 +188,37 @@ def stressed_copy(dataset: str, category: str, data_root: Path) -> Path:
     return lighting_stress.make_stressed_dataset(data_root, category, out, variants_per_image=variants)
 
 
+def parse_case(case: str, root: Path = SHARED / "datasets") -> tuple[str, int]:
+    """``(dataset, size)`` of a probe's ``DATASET@SIZE`` argument: a folder under ``root``,
+    ``+lighting`` for its stressed copy. Raises ``ValueError`` naming the valid datasets otherwise."""
+    names = {name for name, _, _ in datasets_under(root)} if root.is_dir() else set()
+    name, _, size = case.partition("@")
+    if name.removesuffix(STRESS_SUFFIX) not in names or not size.isdigit():
+        raise ValueError(f"{case!r} is not DATASET@SIZE with DATASET one of {sorted(names)} "
+                         f"({STRESS_SUFFIX} for its lighting-stressed copy)")
+    return name, int(size)
+
+
+def probe_setup(cases: list[str]) -> tuple[list[tuple[str, int]], FeatureExtractor, str]:
+    """A probe's ``DATASET@SIZE`` arguments parsed (``parse_case``; ``ValueError`` before any work), and
+    the shared backbone's feature extractor at the default FEATURE_LAYERS with the backbone's path."""
+    parsed = [parse_case(case) for case in cases]
+    backbone = str(SHARED / "models" / "dinov2-small-imgfocus")
+    return parsed, FeatureExtractor(load_backbone(backbone), v11.default_config().FEATURE_LAYERS), backbone
+
+
+def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int) -> dict[str, token_cache.SplitTokens]:
+    """The cached tokens (``token_cache.pipeline_tokens``) of a ``parse_case`` dataset at ``size``;
+    a ``+lighting`` dataset's stressed copy is made first if needed."""
+    base = dataset.removesuffix(STRESS_SUFFIX)
+    category, root = next((c, r) for name, c, r in datasets_under(SHARED / "datasets") if name == base)
+    if dataset != base:
+        root = stressed_copy(base, category, root)
+    defaults = v11.default_config()
+    return token_cache.pipeline_tokens(extractor, str(root), category, backbone, size, defaults.FEATURE_LAYERS,
+                                       batch_size=defaults.BATCH_SIZE)
+
+
 def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
     """``(dataset, category, data_root)`` for every category of every dataset folder under ``root``."""
     found = []

@@ -1,0 +1,32 @@
+"""The probes' shared case parsing (benchmarks/run_quality.parse_case) and the pooling probe's grid."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from run_quality import parse_case  # noqa: E402
+from scale_probe import pooled_grid  # noqa: E402
+
+
+def test_parse_case_reads_dataset_and_size_and_names_the_valid_datasets(make_ad2_category):
+    root = make_ad2_category("widget").parent  # <tmp>/data/widget: the dataset "data"
+    assert parse_case("data@448", root) == ("data", 448)
+    assert parse_case("data+lighting@224", root) == ("data+lighting", 224)
+    for bad in ("tyre@448", "data", "data@big"):
+        with pytest.raises(ValueError, match=r"DATASET@SIZE with DATASET one of \['data'\]"):
+            parse_case(bad, root)
+
+
+def test_pooled_grid_is_the_three_by_three_mean_with_replicated_edges():
+    grid = torch.arange(9, dtype=torch.float32).reshape(3, 3, 1)  # value 3 r + c
+    assert torch.equal(pooled_grid(grid, 0.0), grid)
+    full = pooled_grid(grid, 1.0)[..., 0]
+    # Corner (0, 0): rows (0, 0, 1) x columns (0, 0, 1) after replication -> (9 + 3) / 9.
+    assert full[0, 0].item() == pytest.approx(12 / 9)
+    assert full[1, 1].item() == pytest.approx(4.0)  # the centre sees the whole grid
+    assert pooled_grid(grid, 0.5)[0, 0, 0].item() == pytest.approx(0.5 * 12 / 9)
+    assert pooled_grid(grid.half(), 1.0).dtype == torch.float16
