@@ -63,6 +63,7 @@ from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
+SHARED_BACKBONE = SHARED / "models" / "dinov2-small-imgfocus"  # the probes' and --backbone's default
 PRO_BINS = 20_000
 STRESS_SUFFIX = render_tables.STRESS_SUFFIX  # one name, shared with the tables
 
@@ -203,7 +204,7 @@ def probe_setup(cases: list[str]) -> tuple[list[tuple[str, int]], FeatureExtract
     """A probe's ``DATASET@SIZE`` arguments parsed (``parse_case``; ``ValueError`` before any work), and
     the shared backbone's feature extractor at the default FEATURE_LAYERS with the backbone's path."""
     parsed = [parse_case(case) for case in cases]
-    backbone = str(SHARED / "models" / "dinov2-small-imgfocus")
+    backbone = str(SHARED_BACKBONE)
     return parsed, FeatureExtractor(load_backbone(backbone), v11.default_config().FEATURE_LAYERS), backbone
 
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="", help="comma-separated dataset folder names (default: all); "
                         "NAME+lighting alone measures only that dataset's lighting-stressed copy")
     parser.add_argument("--image-sizes", default="224,448")
-    parser.add_argument("--backbone", default=str(SHARED / "models" / "dinov2-small-imgfocus"))
+    parser.add_argument("--backbone", default=str(SHARED_BACKBONE))
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "quality.json")
     parser.add_argument("--lighting-stress", action=argparse.BooleanOptionalAction, default=True,
