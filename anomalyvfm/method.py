@@ -27,7 +27,7 @@ class Method:
         return distances
 
     def image_score(self, cls_z: float, patch_z: float) -> float:
-        """The image score from the standardised CLS and top-patch distances. v1.1: the top-patch term
-        alone. The global CLS term follows the lighting, not the defect: under AD 2's lighting changes
+        """The image score from the standardised CLS distance and peak score (``scoring.peak_score``).
+        v1.1: the peak term alone. The global CLS term follows the lighting, not the defect: under AD 2's lighting changes
         it moves every image's score (issue 14's measurements; docs/Heads_and_Scoring.md)."""
         return patch_z

@@ -29,8 +29,8 @@ from anomalyvfm.errors import PipelineError
 from anomalyvfm.heads import StackedLoRAHeads
 from anomalyvfm.illumination import IlluminationRange
 from anomalyvfm.method import Method
-from anomalyvfm.scoring import (ScoreFusion, Scorer, anomaly_map, centred_grid, map_median_of, scorer_from_state,
-                                top_patch_score)
+from anomalyvfm.scoring import (ScoreFusion, Scorer, anomaly_map, centred_grid, map_median_of, peak_score,
+                                scorer_from_state)
 
 # Settings that change a category's model or metrics: a finished category is reused on
 # rerun only if all of them match.
@@ -38,6 +38,10 @@ MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
                   "KNN_BANK_SAMPLING", "CENTRE_MAPS")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
+# What a saved model's numbers mean; raised whenever the same model would score differently. A model
+# saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
+# 2: the image score became the peak patch distance above the image's median (was the top-1 % mean).
+SCORING_VERSION = 2
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.
 MIN_RELATIVE_SPREAD = 1e-3
@@ -87,6 +91,7 @@ class CategoryModel:
         model_io.write_json_atomic(folder / "model.json", {
             "category": self.category, "image_threshold": self.image_threshold,
             "pixel_threshold": self.pixel_threshold, "settings": self.settings, "version": __version__,
+            "scoring_version": SCORING_VERSION,
             "scales": [{"image_size": s.image_size, "rank": s.heads.rank, "alpha": s.heads.alpha,
                         "fusion": s.fusion.state() if s.fusion else None, "map_median": s.map_median}
                        for s in self.scales]})
@@ -142,6 +147,9 @@ def _meta_problem(meta: Any) -> str | None:
         return "expected a JSON object"
     if not isinstance(meta.get("category"), str):
         return "'category' must be a string"
+    if meta.get("scoring_version") != SCORING_VERSION:
+        return (f"it was saved by anomalyvfm {meta.get('version', '(unknown)')}, which scores images differently "
+                f"(scoring_version {meta.get('scoring_version', 1)!r}, this version reads {SCORING_VERSION})")
     for name in ("image_threshold", "pixel_threshold"):
         if not _is_finite_number(meta.get(name)):
             return f"{name!r} must be a finite number, got {meta.get(name)!r}"
@@ -213,8 +221,9 @@ class RawScores:
         """``count`` rows to be filled in (zeros, empty grids)."""
         return cls(np.zeros(count), [torch.empty(0)] * count, [(0, 0)] * count, np.zeros((count, dim), np.float32))
 
-    def top_patch(self) -> np.ndarray:
-        return np.array([top_patch_score(grid) for grid in self.grids])
+    def peaks(self) -> np.ndarray:
+        """``[N]``: each image's ``peak_score``."""
+        return np.array([peak_score(grid) for grid in self.grids])
 
     def subset(self, indices: Sequence[int]) -> "RawScores":
         return RawScores(self.cls_distances[list(indices)], [self.grids[i] for i in indices],
@@ -229,7 +238,7 @@ def fit_fusion(normal: RawScores) -> tuple[ScoreFusion, list[str]]:
     """
     warnings: list[str] = []
     statistics = []
-    for label, values in (("CLS distance", normal.cls_distances), ("top-patch distance", normal.top_patch())):
+    for label, values in (("CLS distance", normal.cls_distances), ("peak patch distance", normal.peaks())):
         mean, spread = float(np.mean(values)), float(np.std(values))
         if not spread > MIN_RELATIVE_SPREAD * abs(mean):
             safe = abs(mean) if abs(mean) > 0 else 1.0
@@ -247,7 +256,7 @@ def fused_scores(method: Method, scales: Sequence[ScaleModel], raws: Sequence[Ra
     for scale, raw in zip(scales, raws):
         fusion = scale.fusion
         cls_z = (raw.cls_distances - fusion.cls_mean) / fusion.cls_std
-        patch_z = (raw.top_patch() - fusion.patch_mean) / fusion.patch_std
+        patch_z = (raw.peaks() - fusion.patch_mean) / fusion.patch_std
         per_scale.append([method.image_score(float(c), float(p)) for c, p in zip(cls_z, patch_z)])
     return np.mean(per_scale, axis=0) if per_scale else np.zeros(0)
 

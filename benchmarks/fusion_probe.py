@@ -31,7 +31,7 @@ import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.backbone import to_input  # noqa: E402
 from anomalyvfm.illumination import IlluminationRange  # noqa: E402
-from anomalyvfm.scoring import GaussianScorer, anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
+from anomalyvfm.scoring import GaussianScorer, anomaly_map, centred_grid, map_median_of, peak_score  # noqa: E402
 from anomalyvfm.calibration import CALIBRATION_PAIRS  # noqa: E402
 from anomalyvfm.synthetic import make_calibration_samples  # noqa: E402
 
@@ -82,7 +82,7 @@ def main(cases: list[str]) -> int:
             centred = [anomaly_map(centred_grid(g, reference), s, o)
                        for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
             calibration_maps = [anomaly_map(g, s, s) for g, s in zip(mixed_calibration, calibration_sizes)]
-            scores = np.array([top_patch_score(g) for g in test_grids])
+            scores = np.array([peak_score(g) for g in test_grids])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
                 pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)

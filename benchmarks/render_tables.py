@@ -116,8 +116,9 @@ def quality_datasets(report: dict | None = None) -> str:
     if report is None:
         return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
     lines = [f"Backbone {_shown_path(report['backbone'])}, FEATURE_LAYERS {report['feature_layers']}, seed "
-             f"{report['seed']}, {report['machine']}, {report['date']}. Image score: mean of the top 1 % patch "
-             "distances; maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
+             f"{report['seed']}, {report['machine']}, {report['date']}. Image score: the highest patch distance above the image's median "
+             "(`scoring.peak_score`) in rows measured with anomalyvfm 1.1.1 or later, the mean of the top 1 % patch "
+             "distances in rows measured before (the commit column says which); maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
              "the row that turns it off; SegF1 at validation mean + 3 std. `+lighting`: the dataset's "
              "lighting-stressed copy. train s: heads training; fit s: memory bank (coreset) or Gaussian fit; "
              "score s: distances of every validation and test patch; commit: the code the row was measured with.", "",

@@ -18,7 +18,7 @@ Rows: the current defaults of ``anomaly_vfm_v11_lora.py``; the same with untrain
 (``--EPOCHS=0``); the AnomalyDINO reference (cosine 1-NN against the FULL memory bank of raw
 tokens); and the candidates that decided the defaults (docs/Heads_and_Scoring.md). The
 stressed copies run ``STRESS_ROWS`` (the full bank would take hours there).
-Image score for every row: mean of the top 1 % patch distances. Maps: centred on the validation
+Image score for every row: the highest patch distance above the image's median (``peak_score``). Maps: centred on the validation
 images' median patch distance as the product's (``CENTRE_MAPS``), except in the row that turns
 it off. SegF1 threshold: validation
 maps' mean + 3 std (the AD 2 paper's baseline rule). Writes benchmarks/quality.json and
@@ -58,7 +58,7 @@ from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_i
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens  # noqa: E402
 from anomalyvfm.scoring import MAX_FIT_TOKENS, Scorer  # noqa: E402
-from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
+from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, peak_score  # noqa: E402
 from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
@@ -160,7 +160,7 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndar
     test_maps = [anomaly_map(centre(g), s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
     map_seconds = time.perf_counter() - start
     labels = np.array([s.label for s in test.samples])
-    scores = np.array([top_patch_score(g) for g in test_grids])
+    scores = np.array([peak_score(g) for g in test_grids])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         pro = metrics.au_pro_multi(test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)

@@ -5,7 +5,7 @@
 
 ``sizes`` (multi-resolution fusion, as MuRF): the default row (trained heads, coreset kNN, centred maps)
 at the case's size and at ``SECOND_SIZE``, each fitted on its own tokens; each size's centred maps at
-the original image size and its top-1 % image scores are z-scored on that size's validation images,
+the original image size and its image scores (``peak_score``) are z-scored on that size's validation images,
 then mixed as ``w * first + (1 - w) * second`` for ``w`` in ``SIZE_WEIGHTS``.
 
 ``pooling`` (PatchCore's locally aware patch features): every token grid (train, validation, test) is
@@ -36,7 +36,7 @@ import token_cache  # noqa: E402
 import anomaly_vfm_v11_lora as v11  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
-from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, top_patch_score  # noqa: E402
+from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, peak_score  # noqa: E402
 
 SECOND_SIZE = 224
 SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
@@ -69,8 +69,8 @@ def standardised_size(tokens: dict[str, token_cache.SplitTokens], extractor: Fea
     mean, std = float(val_values.mean()), float(val_values.std())
     maps = [(anomaly_map(centred_grid(g, reference), s, o) - mean) / std
             for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
-    val_scores = np.array([top_patch_score(g) for g in val_grids])
-    scores = (np.array([top_patch_score(g) for g in test_grids]) - val_scores.mean()) / val_scores.std()
+    val_scores = np.array([peak_score(g) for g in val_grids])
+    scores = (np.array([peak_score(g) for g in test_grids]) - val_scores.mean()) / val_scores.std()
     return maps, scores
 
 

@@ -19,7 +19,7 @@ import anomaly_vfm_v11_lora as script
 import dataset_ad2
 from anomalyvfm import metrics, model_io
 from anomalyvfm.method import Method
-from anomalyvfm.model import anomalous_pixels
+from anomalyvfm.model import SCORING_VERSION, anomalous_pixels
 from anomalyvfm.pipeline import PipelineError, run
 from anomalyvfm.results import ResultsFolder
 
@@ -330,6 +330,8 @@ def _edit_model_json(config, change) -> Path:
     (lambda m: m["settings"].update(SCORER="pickle"), "settings.SCORER must be one of mahalanobis, knn, got 'pickle'"),
     (lambda m: m["scales"][0].pop("map_median"), "scales[].map_median must be a finite number or null, got '(missing)'"),
     (lambda m: m["scales"][0].update(map_median="0.2"), "scales[].map_median must be a finite number or null, got '0.2'"),
+    (lambda m: (m.pop("scoring_version"), m.update(version="1.1.0")),
+     "it was saved by anomalyvfm 1.1.0, which scores images differently (scoring_version 1, this version reads 2)"),
 ])
 def test_model_json_fields_are_validated(finished, tiny_backbone, change, problem):
     model_file = _edit_model_json(finished, change)
@@ -338,6 +340,15 @@ def test_model_json_fields_are_validated(finished, tiny_backbone, change, proble
         run(finished.replace(PREDICT=str(image)), backbone=tiny_backbone, progress=False)
     assert str(error.value) == (f"{model_file} is not a valid model description: {problem}; refit the category "
                                 "with --FORCE=true or delete its folder.")
+
+
+def test_a_result_of_an_older_scoring_version_is_refitted_not_reused(finished, tiny_backbone, caplog):
+    _edit_model_json(finished, lambda m: m.pop("scoring_version"))
+    with caplog.at_level("INFO", logger="anomalyvfm"):
+        run(finished, backbone=tiny_backbone, progress=False)
+    assert "widget: refitting, because" in caplog.text and "scores images differently" in caplog.text
+    model_file = Path(finished.RESULTS_DIR) / "widget" / "model" / "model.json"
+    assert json.loads(model_file.read_text())["scoring_version"] == SCORING_VERSION
 
 
 def test_the_saved_model_does_not_choose_the_backbone(finished, tiny_backbone):

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from anomalyvfm.model import RawScores, ScaleModel, fit_map_medians, full_size_map
-from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, ScoreFusion, anomaly_map, centred_grid, map_median_of,
-                               top_patch_score)
+from anomalyvfm.method import Method
+from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
+from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, map_median_of,
+                               peak_score)
 
 
 def test_gaussian_gives_training_points_low_and_an_outlier_high_distance():
@@ -77,14 +78,31 @@ def test_anomaly_map_equals_the_torch_reference(grid_shape, original_size):
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_top_patch_score_is_the_mean_of_the_top_percent():
-    grid = torch.arange(200, dtype=torch.float32).view(10, 20)
-    assert top_patch_score(grid) == (199 + 198) / 2
+def test_peak_score_is_the_maximum_above_the_median():
+    grid = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0], [0.5, 2.5, 3.5]])
+    assert peak_score(grid) == 9.0 - 3.0  # median of the nine values is 3.0
+    assert peak_score(grid + 10.0) == peak_score(grid)  # light raising every patch alike leaves it
 
 
-def test_score_fusion_standardises_with_normal_statistics():
-    fusion = ScoreFusion.fit(np.array([1.0, 3.0]), np.array([10.0, 30.0]))
-    np.testing.assert_allclose(fusion(np.array([5.0]), np.array([20.0])), [0.5 * (3.0 + 0.0)])
+def test_peak_score_finds_one_defective_patch_that_a_top_percent_mean_dilutes():
+    normal = torch.zeros(64, 64)
+    defect = normal.clone()
+    defect[10, 10] = 1.0
+    assert peak_score(defect) == 1.0 and peak_score(normal) == 0.0
+
+
+def _raw(grids: list[torch.Tensor], cls_distances: list[float]) -> RawScores:
+    return RawScores(np.array(cls_distances), grids, [(28, 28)] * len(grids), np.zeros((len(grids), 4), np.float32))
+
+
+def test_image_scores_are_peaks_standardised_on_validation_images():
+    validation = _raw([torch.tensor([[0.0, 1.0], [1.0, 3.0]]), torch.tensor([[0.0, 1.0], [1.0, 5.0]])], [1.0, 3.0])
+    fusion, problems = fit_fusion(validation)  # peaks 2 and 4 (the medians are both 1): mean 3, std 1
+    assert not problems
+    assert (fusion.cls_mean, fusion.cls_std, fusion.patch_mean, fusion.patch_std) == (2.0, 1.0, 3.0, 1.0)
+    scale = ScaleModel(224, None, None, None, None, fusion)
+    test = _raw([torch.tensor([[2.0, 2.0], [2.0, 8.0]])], [100.0])  # peak 6; v1.1 ignores the CLS distance
+    np.testing.assert_allclose(fused_scores(Method(), [scale], [test]), [(6.0 - 3.0) / 1.0])
 
 
 def test_centring_removes_an_image_wide_offset_and_keeps_local_contrast():
