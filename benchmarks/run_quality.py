@@ -116,6 +116,21 @@ def distance_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.
     return [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2]) for g in patches]
 
 
+def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The validation and test images' patch distances ``[gh, gw]`` of the row ``settings`` give on cached
+    ``tokens``: synthetic samples (cached, when EPOCHS > 0), heads and scorer fitted as ``evaluate_row`` does."""
+    synthetic = None
+    with torch.inference_mode():
+        if settings.EPOCHS > 0:
+            synthetic = synthetic_tokens(extractor, tokens["train"], settings.IMAGE_SIZE, settings.SYNTHETIC_SAMPLES,
+                                         settings.SEED)
+    heads, scorer, _, _ = fit_row(tokens["train"], synthetic, settings)
+    with torch.inference_mode():
+        return (distance_grids(heads, scorer, tokens["validation"].patches),
+                distance_grids(heads, scorer, tokens["test_public"].patches))
+
+
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
                      seed: int) -> TrainingTokens:
     """The synthetic samples' training tokens, made by the product's own code (as ``fit.Runner.fit_scale``); cached."""

@@ -55,14 +55,8 @@ def standardised_size(tokens: dict[str, token_cache.SplitTokens], extractor: Fea
                       ) -> tuple[list[np.ndarray], np.ndarray]:
     """The default row at ``size``: test maps ``[H, W]`` (centred, original size) and image scores ``[N]``,
     each z-scored with its validation images' map values and image scores."""
-    train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
-    settings = v11.default_config().replace(IMAGE_SIZE=size)
-    with torch.inference_mode():
-        synthetic = run_quality.synthetic_tokens(extractor, train, size, settings.SYNTHETIC_SAMPLES, settings.SEED)
-    heads, scorer, _, _ = run_quality.fit_row(train, synthetic, settings)
-    with torch.inference_mode():
-        val_grids = run_quality.distance_grids(heads, scorer, validation.patches)
-        test_grids = run_quality.distance_grids(heads, scorer, test.patches)
+    validation, test = tokens["validation"], tokens["test_public"]
+    val_grids, test_grids = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
     reference = map_median_of(val_grids)
     val_values = np.concatenate([anomaly_map(centred_grid(g, reference), s, o).ravel()
                                  for g, s, o in zip(val_grids, validation.input_sizes, validation.original_sizes)])

@@ -1,4 +1,5 @@
-"""The probes' shared case parsing (benchmarks/run_quality.parse_case) and the pooling probe's grid."""
+"""The probes' shared case parsing (benchmarks/run_quality.parse_case), the pooling probe's grid and the
+image score probe's variants."""
 
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from run_quality import parse_case  # noqa: E402
+from image_score_probe import VARIANTS, group_of, top_percent_mean  # noqa: E402
 from scale_probe import pooled_grid  # noqa: E402
 
 
@@ -30,3 +32,11 @@ def test_pooled_grid_is_the_three_by_three_mean_with_replicated_edges():
     assert full[1, 1].item() == pytest.approx(4.0)  # the centre sees the whole grid
     assert pooled_grid(grid, 0.5)[0, 0, 0].item() == pytest.approx(0.5 * 12 / 9)
     assert pooled_grid(grid.half(), 1.0).dtype == torch.float16
+
+
+def test_image_score_variants_on_a_hand_computed_grid():
+    grid = torch.arange(200, dtype=torch.float32).view(10, 20)  # median (lower middle) 99
+    assert top_percent_mean(grid) == (199 + 198) / 2  # 1 % of 200 values: the top two
+    assert top_percent_mean(grid[:1, :5]) == 4.0  # never fewer than one value
+    assert [VARIANTS[name](grid) for name in VARIANTS] == [198.5, 198.5 - 99, 199.0, 199.0 - 99]
+    assert [group_of(name) for name in ("regular", "shift_3", "underexposed")] == ["regular", "shift", "underexposed"]

@@ -1,0 +1,82 @@
+"""Which image score survives AD 2's lighting changes (issue 14; docs/Heads_and_Scoring.md).
+
+    python benchmarks/image_score_probe.py tire_ad2+lighting@448 magtile_ad2+lighting@448
+
+The default row (trained heads, coreset kNN) is fitted once per case on cached tokens, and its
+test images' patch distance grids are turned into image scores in each of ``VARIANTS``' ways.
+Printed per case and variant: image AUROC over all test images (pooled) and within each lighting
+group. On a lighting-stressed copy (``<dataset>+lighting``, ``benchmarks/lighting_stress.py``)
+the ``regular`` group is the dataset's own test set, so "pooled against regular" is issue 14's
+target. Tokens come from run_quality's cache (``benchmarks/token_cache.py``); every fit is the
+product's own code.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run_quality  # noqa: E402
+import anomaly_vfm_v11_lora as v11  # noqa: E402
+from anomalyvfm import metrics  # noqa: E402
+from anomalyvfm.scoring import peak_score  # noqa: E402
+
+
+def top_percent_mean(grid: torch.Tensor, fraction: float = 0.01) -> float:
+    """Mean of the highest ``fraction`` of a ``[gh, gw]`` grid (at least one value): AnomalyDINO's score."""
+    flat = grid.flatten()
+    return float(flat.topk(max(1, int(round(fraction * flat.numel())))).values.mean())
+
+
+VARIANTS: dict[str, Callable[[torch.Tensor], float]] = {
+    "top 1 % (before 1.1.1)": top_percent_mean,
+    "top 1 % - median": lambda g: top_percent_mean(g) - float(g.median()),
+    "max": lambda g: float(g.max()),
+    "max - median (peak_score)": peak_score,
+}
+
+
+def group_of(lighting: str) -> str:
+    """``shift_1..shift_4`` are one group, as in the quality benchmark's per-lighting table."""
+    return "shift" if lighting.startswith("shift") else lighting
+
+
+def main(cases: list[str]) -> int:
+    if not cases:
+        print("usage: image_score_probe.py DATASET@SIZE ...", file=sys.stderr)
+        return 2
+    try:
+        parsed, extractor, backbone = run_quality.probe_setup(cases)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    defaults = v11.default_config()
+    for name, size in parsed:
+        tokens = run_quality.case_tokens(extractor, backbone, name, size)
+        _, grids = run_quality.fitted_grids(extractor, tokens, defaults.replace(IMAGE_SIZE=size))
+        samples = tokens["test_public"].samples
+        labels = np.array([s.label for s in samples])
+        groups = np.array([group_of(s.lighting) for s in samples])
+        order = sorted(set(groups), key=lambda g: (g != "regular", g))
+        print(f"\n{name}@{size}\n\n| image score | pooled | " + " | ".join(order) + " |\n|---|---:|"
+              + "---:|" * len(order))
+        for variant, score in VARIANTS.items():
+            scores = np.array([score(g) for g in grids])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+                within = [metrics.image_auroc(scores[groups == g], labels[groups == g]) for g in order]
+                pooled = metrics.image_auroc(scores, labels)
+            print(f"| {variant} | {pooled:.4f} | " + " | ".join(f"{v:.4f}" for v in within) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
