@@ -1,7 +1,8 @@
-"""Two retired candidates for the default's maps, kept measurable (issue 10; docs/Heads_and_Scoring.md).
+"""Candidates for how the default's maps are formed, kept measurable (issue 10; docs/Heads_and_Scoring.md).
 
     python benchmarks/scale_probe.py sizes tire_ad2@448 magtile_ad2@448     # fused with IMAGE_SIZE 224
     python benchmarks/scale_probe.py pooling tire_ad2@448 magtile_ad2@448
+    python benchmarks/scale_probe.py blur tire_ad2+lighting@448 magtile_ad2+lighting@448
 
 ``sizes`` (multi-resolution fusion, as MuRF): the default row (trained heads, coreset kNN, centred maps)
 at the case's size and at ``SECOND_SIZE``, each fitted on its own tokens; each size's centred maps at
@@ -12,6 +13,10 @@ then mixed as ``w * first + (1 - w) * second`` for ``w`` in ``SIZE_WEIGHTS``.
 replaced by ``m * mean3x3 + (1 - m) * token`` (edges replicated) before the heads, the bank and the
 scoring, for ``m`` in ``POOL_MIXES``; heads untrained (``--EPOCHS=0``: the synthetic samples' tokens
 have no grid to pool), compared with the same row unpooled (``m = 0``).
+
+``blur`` (the map's Gaussian blur, ``scoring.MAP_SIGMA``): the default row's centred maps made with each
+sigma of ``MAP_SIGMAS`` (input pixels; 0: none). The image scores come from the patch grids and do not
+change. On a lighting-stressed copy AU-PRO@0.05 is also printed per lighting group.
 
 Printed per case and weight: test image AUROC, AU-PRO@0.05 and @0.30. Tokens come from run_quality's
 cache (``benchmarks/token_cache.py``); every fit is the product's own code.
@@ -41,7 +46,8 @@ from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, peak_sc
 SECOND_SIZE = 224
 SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
 POOL_MIXES = (0.0, 0.5, 1.0)
-PROBES = ("sizes", "pooling")
+MAP_SIGMAS = (0.0, 4.0, 8.0, 16.0)
+PROBES = ("sizes", "pooling", "blur")
 
 
 def pooled_grid(grid: torch.Tensor, mix: float) -> torch.Tensor:
@@ -68,9 +74,34 @@ def standardised_size(tokens: dict[str, token_cache.SplitTokens], extractor: Fea
     return maps, scores
 
 
-def print_row(case: str, label: str, image_auroc: float, au_pro_005: float, au_pro_030: float) -> None:
-    print(f"{case:22s} {label:32s} AUROC {image_auroc:.4f} AU-PRO@0.05 {au_pro_005:.4f} @0.30 {au_pro_030:.4f}",
+def print_row(case: str, label: str, image_auroc: float, au_pro_005: float, au_pro_030: float, extra: str = "") -> None:
+    print(f"{case:22s} {label:32s} AUROC {image_auroc:.4f} AU-PRO@0.05 {au_pro_005:.4f} @0.30 {au_pro_030:.4f}{extra}",
           flush=True)
+
+
+def blurred_maps(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExtractor, size: int
+                 ) -> tuple[dict[float, list[np.ndarray]], np.ndarray]:
+    """The default row's centred test maps ``[H, W]`` for each sigma of ``MAP_SIGMAS``, and its image scores ``[N]``."""
+    test = tokens["test_public"]
+    val_grids, test_grids = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
+    reference = map_median_of(val_grids)
+    maps = {sigma: [anomaly_map(centred_grid(g, reference), s, o, sigma=sigma)
+                    for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)] for sigma in MAP_SIGMAS}
+    return maps, np.array([peak_score(g) for g in test_grids])
+
+
+def au_pro_by_group(maps: list[np.ndarray], masks: list[np.ndarray | None], lightings: list[str]) -> str:
+    """`` | group AU-PRO@0.05`` per lighting group (shift_1..4 as one), empty for a regular-light test set."""
+    groups = ["shift" if lighting.startswith("shift") else lighting for lighting in lightings]
+    if set(groups) == {"regular"}:
+        return ""
+    parts = []
+    for group in sorted(set(groups), key=lambda g: (g != "regular", g)):
+        chosen = [i for i, g in enumerate(groups) if g == group]
+        pro = metrics.au_pro_multi([maps[i] for i in chosen], [masks[i] for i in chosen], (0.05,),
+                                   num_bins=run_quality.PRO_BINS)[0.05]
+        parts.append(f"{group} {pro:.4f}")
+    return " | " + " ".join(parts)
 
 
 def main(argv: list[str]) -> int:
@@ -100,6 +131,17 @@ def main(argv: list[str]) -> int:
                     pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
                 auroc = metrics.image_auroc(weight * first[1] + (1 - weight) * second[1], labels)
                 print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3])
+            continue
+        if probe == "blur":
+            maps, scores = blurred_maps(tokens, extractor, size)
+            samples = tokens["test_public"].samples
+            auroc = metrics.image_auroc(scores, np.array([s.label for s in samples]))
+            for sigma, sigma_maps in maps.items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+                    pro = metrics.au_pro_multi(sigma_maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
+                    groups = au_pro_by_group(sigma_maps, masks, [s.lighting for s in samples])
+                print_row(case, f"MAP_SIGMA {sigma:g}", auroc, pro[0.05], pro[0.3], groups)
             continue
         for mix in POOL_MIXES:
             pooled = {split: dataclasses.replace(t, patches=[pooled_grid(g, mix) for g in t.patches]) if mix else t

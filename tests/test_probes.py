@@ -1,9 +1,10 @@
-"""The probes' shared case parsing (benchmarks/run_quality.parse_case), the pooling probe's grid and the
-image score probe's variants."""
+"""The probes' shared case parsing (benchmarks/run_quality.parse_case), the pooling probe's grid, the blur
+probe's per-lighting AU-PRO and the image score probe's variants."""
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from run_quality import parse_case  # noqa: E402
 from image_score_probe import VARIANTS, group_of, top_percent_mean  # noqa: E402
-from scale_probe import pooled_grid  # noqa: E402
+from scale_probe import au_pro_by_group, pooled_grid  # noqa: E402
+from anomalyvfm import metrics  # noqa: E402
 
 
 def test_parse_case_reads_dataset_and_size_and_names_the_valid_datasets(make_ad2_category):
@@ -40,3 +42,19 @@ def test_image_score_variants_on_a_hand_computed_grid():
     assert top_percent_mean(grid[:1, :5]) == 4.0  # never fewer than one value
     assert [VARIANTS[name](grid) for name in VARIANTS] == [198.5, 198.5 - 99, 199.0, 199.0 - 99]
     assert [group_of(name) for name in ("regular", "shift_3", "underexposed")] == ["regular", "shift", "underexposed"]
+
+
+def test_blur_probe_reports_au_pro_per_lighting_group_with_the_shifts_as_one():
+    rng = np.random.default_rng(0)
+    masks = [None, np.zeros((8, 8), bool), None, np.zeros((8, 8), bool), np.zeros((8, 8), bool)]
+    for mask in masks[1::2] + masks[4:]:
+        mask[2:5, 3:6] = True
+    maps = [rng.random((8, 8)).astype(np.float32) for _ in masks]
+    maps[1][2:5, 3:6] += 1.0  # the regular defect is found, the others are noise
+    lightings = ["regular", "regular", "shift_1", "shift_3", "overexposed"]
+    assert au_pro_by_group(maps[:2], masks[:2], lightings[:2]) == ""
+    expected = {name: metrics.au_pro([maps[i] for i in chosen], [masks[i] for i in chosen], 0.05, num_bins=20_000)
+                for name, chosen in (("regular", [0, 1]), ("overexposed", [4]), ("shift", [2, 3]))}
+    assert au_pro_by_group(maps, masks, lightings) == (
+        f" | regular {expected['regular']:.4f} overexposed {expected['overexposed']:.4f} shift {expected['shift']:.4f}")
+    assert expected["regular"] == pytest.approx(1.0)

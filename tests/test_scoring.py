@@ -50,16 +50,17 @@ def test_anomaly_map_has_original_size_and_peaks_at_the_anomalous_patch():
     assert 1 / 4 <= row / 300 < 2 / 4 and 6 / 8 <= column / 611 < 7 / 8
 
 
-def _reference_anomaly_map(grid, input_size, original_size):
-    """The torch implementation the OpenCV one replaced: bilinear, separable Gaussian (sigma 4), bilinear."""
+def _reference_anomaly_map(grid, input_size, original_size, sigma=4.0):
+    """The torch implementation the OpenCV one replaced: bilinear, separable Gaussian (radius 3 sigma), bilinear."""
     import torch.nn.functional as F
 
-    radius = 12
-    kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / 4.0) ** 2)
-    kernel = kernel / kernel.sum()
     image = F.interpolate(grid.float()[None, None], size=input_size, mode="bilinear", align_corners=False)
-    image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    image = F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    if sigma > 0:
+        radius = int(3 * sigma + 0.5)
+        kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        image = F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
     return F.interpolate(image, size=original_size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -76,6 +77,17 @@ def test_anomaly_map_equals_the_torch_reference(grid_shape, original_size):
     result = anomaly_map(grid, input_size, original_size)
     assert result.shape == original_size and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("sigma", [0.0, 8.0])
+def test_anomaly_map_blur_width_is_a_parameter(sigma):
+    grid = torch.rand((12, 15), generator=torch.Generator().manual_seed(1)) * 10
+    input_size, original_size = (168, 210), (500, 640)
+    expected = _reference_anomaly_map(grid, input_size, original_size, sigma)
+    result = anomaly_map(grid, input_size, original_size, sigma=sigma)
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # Without blur the map keeps the grid's extremes; a wider blur pulls them in.
+    assert (result.max() >= anomaly_map(grid, input_size, original_size).max()) == (sigma == 0.0)
 
 
 def test_peak_score_is_the_maximum_above_the_median():
