@@ -38,6 +38,9 @@ KNN_BANK_SIZE = 20000             # knn only: normal patches kept in the memory 
                                   # bank costs far more than the backbone on a CPU, docs/Benchmark.md)
 KNN_BANK_SAMPLING = "coreset"     # knn only: coreset (greedy k-center, as PatchCore: keeps rare normal patches)
                                   # | random (seeded subsample: no selection time, localises worse)
+KNN_SHRINKAGE = 1.0               # knn only: 1 (plain cosine, as AnomalyDINO) | below 1: the cosine after whitening
+                                  # by the normal patches' covariance shrunk this far towards the identity (a
+                                  # Mahalanobis metric): 0.25 localises better, ranks images worse (docs/Heads_and_Scoring.md)
 CENTRE_MAPS = True                # true: each image's map is shifted by its own median patch distance (to the
                                   # validation images' typical median): one threshold then fits every image,
                                   # whatever its texture or light adds everywhere (docs/Heads_and_Scoring.md)

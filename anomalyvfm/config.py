@@ -51,6 +51,7 @@ class Config:
     SCORER: str
     KNN_BANK_SIZE: int
     KNN_BANK_SAMPLING: str
+    KNN_SHRINKAGE: float
     CENTRE_MAPS: bool
     RESULTS_DIR: str
     FORCE: bool
@@ -69,6 +70,8 @@ class Config:
             problems.append(f"SCORER must be one of {', '.join(SCORERS)}, got {self.SCORER!r}")
         if self.KNN_BANK_SAMPLING not in BANK_SAMPLINGS:
             problems.append(f"KNN_BANK_SAMPLING must be one of {', '.join(BANK_SAMPLINGS)}, got {self.KNN_BANK_SAMPLING!r}")
+        if not 0.0 < self.KNN_SHRINKAGE <= 1.0:
+            problems.append(f"KNN_SHRINKAGE must be in (0, 1] (1: plain cosine), got {self.KNN_SHRINKAGE}")
         if self.DEVICE not in DEVICES:
             problems.append(f"DEVICE must be one of {', '.join(DEVICES)}, got {self.DEVICE!r}")
         if self.SYNTHETIC_SAMPLES < 0 or self.SYNTHETIC_SAMPLES % 3:

@@ -176,7 +176,7 @@ class Runner:
             inputs.clear()
         heads, patch_scorer, losses = fit_heads_and_scorer(  # timed as "training" and "fitting"
             patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
-            knn_bank_sampling=config.KNN_BANK_SAMPLING,
+            knn_bank_sampling=config.KNN_BANK_SAMPLING, knn_shrinkage=config.KNN_SHRINKAGE,
             heads=HeadSettings(rank, alpha, config.EPOCHS, config.LEARNING_RATE, config.BATCH_SIZE, config.SEED),
             device=self.device, progress=self.progress)
         with timing.stage("fitting"):

@@ -36,7 +36,7 @@ from anomalyvfm.scoring import (ScoreFusion, Scorer, anomaly_map, centred_grid, 
 # rerun only if all of them match.
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
-                  "KNN_BANK_SAMPLING", "CENTRE_MAPS")
+                  "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "CENTRE_MAPS")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # What a saved model's numbers mean; raised whenever the same model would score differently. A model
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.

@@ -5,7 +5,8 @@ tokens) both call ``fit_heads_and_scorer``, so a benchmark row is exactly what a
 
     normal patch grids [gh, gw, D] + synthetic tokens with labels -> heads (trained)
     -> Gaussian on heads(normal subsample)       (SCORER "mahalanobis")
-    -> memory bank of heads(normal tokens)        (SCORER "knn", cosine 1-NN; a greedy coreset or random subsample)
+    -> memory bank of heads(normal tokens)        (SCORER "knn", cosine 1-NN; a greedy coreset or random subsample,
+                                                   in the space whitened by the normal subsample's shrunk covariance)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from anomalyvfm import timing
 from anomalyvfm.heads import StackedLoRAHeads
-from anomalyvfm.scoring import Scorer, coreset_projection, fit_scorer, greedy_coreset
+from anomalyvfm.scoring import Scorer, coreset_projection, fit_scorer, greedy_coreset, whitening_matrix
 from anomalyvfm.training import TrainingTokens, train_heads
 
 
@@ -72,13 +73,14 @@ def memory_bank(normal_grids: list[torch.Tensor], heads: StackedLoRAHeads, size:
 
 
 def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.Tensor, training: TrainingTokens | None,
-                         *, scorer: str, knn_bank_size: int, knn_bank_sampling: str, heads: HeadSettings,
-                         device: torch.device,
+                         *, scorer: str, knn_bank_size: int, knn_bank_sampling: str, knn_shrinkage: float,
+                         heads: HeadSettings, device: torch.device,
                          progress: bool = False) -> tuple[StackedLoRAHeads, Scorer, list[float]]:
     """Train the heads (when ``training`` is given and ``heads.epochs > 0``), then fit the patch scorer.
 
-    ``normal_sample``: ``sample_tokens(normal_grids, MAX_FIT_TOKENS, seed)``, the Gaussian's fit tokens
-    (the caller also sizes the LoRA from it, so it is drawn once).
+    ``normal_sample``: ``sample_tokens(normal_grids, MAX_FIT_TOKENS, seed)``, the Gaussian's fit tokens and
+    the kNN's whitening sample (the caller also sizes the LoRA from it, so it is drawn once).
+    ``knn_shrinkage``: the kNN metric's (``scoring.whitening_matrix``); 1 is plain cosine.
 
     Returns ``(heads, patch scorer on the heads' output, loss per epoch)``.
     """
@@ -92,6 +94,8 @@ def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.
                                  device=device, progress=progress)
         model_heads.cpu().eval()
     with timing.stage("fitting"):
-        fit_tokens = (model_heads.embed(normal_sample) if scorer == "mahalanobis"
-                      else memory_bank(normal_grids, model_heads, knn_bank_size, knn_bank_sampling, heads.seed))
-        return model_heads, fit_scorer(scorer, fit_tokens, bank_size=0, seed=heads.seed), losses
+        if scorer == "mahalanobis":
+            return model_heads, fit_scorer(scorer, model_heads.embed(normal_sample), bank_size=0, seed=heads.seed), losses
+        bank = memory_bank(normal_grids, model_heads, knn_bank_size, knn_bank_sampling, heads.seed)
+        whitening = whitening_matrix(model_heads.embed(normal_sample), knn_shrinkage) if knn_shrinkage < 1 else None
+        return model_heads, fit_scorer(scorer, bank, bank_size=0, seed=heads.seed, whitening=whitening), losses

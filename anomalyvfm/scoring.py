@@ -56,25 +56,40 @@ class GaussianScorer:
 
 
 class NearestNeighbourScorer:
-    """Cosine distance ``1 - max cos`` to the nearest normal token in a memory bank (as AnomalyDINO).
+    """Cosine distance ``1 - max cos`` to the nearest normal token in a memory bank (as AnomalyDINO),
+    optionally in a whitened space (``whitening``, see ``whitening_matrix``): bank and queries are both
+    mapped by it before the cosine.
 
     ``bank_size > 0`` keeps a seeded random subsample of that many tokens (0 keeps all).
     """
 
     kind = "knn"
 
-    def __init__(self, bank: torch.Tensor) -> None:
-        self.bank = F.normalize(bank.float(), dim=-1)
+    def __init__(self, bank: torch.Tensor, whitening: torch.Tensor | None = None) -> None:
+        """bank: ``[n, d]`` normal embeddings; whitening: ``[d, d]`` or None (plain cosine)."""
+        self.whitening = None if whitening is None else whitening.float()
+        self.bank = F.normalize(self._mapped(bank), dim=-1)
 
     @classmethod
-    def fit(cls, features: torch.Tensor, bank_size: int = 0, seed: int = 0) -> "NearestNeighbourScorer":
-        return cls(_subsample(features, bank_size, seed) if bank_size else features)
+    def fit(cls, features: torch.Tensor, bank_size: int = 0, seed: int = 0,
+            whitening: torch.Tensor | None = None) -> "NearestNeighbourScorer":
+        return cls(_subsample(features, bank_size, seed) if bank_size else features, whitening)
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "NearestNeighbourScorer":
+        """The scorer ``state()`` describes (its bank is stored mapped and normalised)."""
+        scorer = cls.__new__(cls)
+        scorer.bank, scorer.whitening = state["bank"].float(), state.get("whitening")
+        return scorer
+
+    def _mapped(self, features: torch.Tensor) -> torch.Tensor:
+        return features.float() if self.whitening is None else features.float() @ self.whitening
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """``[M, d]`` -> ``[M]``, chunked matrix products (never an [M, N] matrix at once)."""
         out = []
         for part in features.split(2048):
-            part = F.normalize(part.float(), dim=-1)
+            part = F.normalize(self._mapped(part), dim=-1)
             best = torch.full((len(part),), -1.0)
             for bank in self.bank.split(CHUNK):
                 best = torch.maximum(best, (part @ bank.T).max(-1).values)
@@ -82,7 +97,25 @@ class NearestNeighbourScorer:
         return torch.cat(out) if out else features.new_zeros(0)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"bank": self.bank}
+        return {"bank": self.bank} | ({} if self.whitening is None else {"whitening": self.whitening})
+
+
+def whitening_matrix(features: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``[d, d]`` map ``W = C^(-1/2)`` of the normal embeddings ``features`` ``[N, d]``, with their covariance
+    shrunk towards its mean eigenvalue: ``C = (1 - shrinkage) cov + shrinkage * mean(eig) I``.
+
+    In the mapped space the cosine kNN weighs directions by how little normal tokens vary along them (a
+    Mahalanobis metric, Rippel et al.: the low-variance directions of normal data carry the anomaly
+    signal), while the shrinkage keeps the near-empty directions from turning noise into distance.
+    ``shrinkage`` 1 is the identity up to scale (plain cosine); it must be in (0, 1].
+    """
+    if not 0.0 < shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+    sample = features.double()
+    eigenvalues, vectors = torch.linalg.eigh(torch.cov(sample.T))
+    eigenvalues = eigenvalues.clamp_min(0)
+    shrunk = (1.0 - shrinkage) * eigenvalues + shrinkage * eigenvalues.mean()
+    return (vectors @ torch.diag(shrunk.rsqrt()) @ vectors.T).float()
 
 
 Scorer = GaussianScorer | NearestNeighbourScorer
@@ -162,14 +195,17 @@ def _euclidean(points: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor,
     return (norms[:, None] - 2 * (points @ centres.T) + centre_norms[None, :]).clamp_min(0).sqrt()
 
 
-def fit_scorer(kind: str, features: torch.Tensor, *, bank_size: int, seed: int) -> Scorer:
+def fit_scorer(kind: str, features: torch.Tensor, *, bank_size: int, seed: int,
+               whitening: torch.Tensor | None = None) -> Scorer:
+    """``whitening``: the kNN's metric (``whitening_matrix``); the Gaussian has its own."""
     if kind == "mahalanobis":
         return GaussianScorer.fit(features, seed)
-    return NearestNeighbourScorer.fit(features, bank_size, seed)
+    return NearestNeighbourScorer.fit(features, bank_size, seed, whitening)
 
 
 def scorer_from_state(kind: str, state: dict[str, torch.Tensor]) -> Scorer:
-    return GaussianScorer(state["mean"], state["precision"]) if kind == "mahalanobis" else NearestNeighbourScorer(state["bank"])
+    return (GaussianScorer(state["mean"], state["precision"]) if kind == "mahalanobis"
+            else NearestNeighbourScorer.from_state(state))
 
 
 def _subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:

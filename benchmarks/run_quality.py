@@ -73,15 +73,19 @@ ROWS: dict[str, dict] = {
     "v1.1 (default)": {},
     "v1.1 --EPOCHS=0": {"EPOCHS": 0},
     "v1.1 --CENTRE_MAPS=false": {"CENTRE_MAPS": False},
-    "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0},
-    "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0},
+    "v1.1 --KNN_SHRINKAGE=0.25": {"KNN_SHRINKAGE": 0.25},
+    # The AnomalyDINO references: plain cosine on the raw tokens.
+    "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0, "KNN_SHRINKAGE": 1.0},
+    "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0,
+                            "KNN_SHRINKAGE": 1.0},
     "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset"},
     "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
     "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
 }
 
 
-STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --CENTRE_MAPS=false", "Gaussian (untrained heads)", "Gaussian (trained heads)")
+STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --CENTRE_MAPS=false", "v1.1 --KNN_SHRINKAGE=0.25",
+               "Gaussian (untrained heads)", "Gaussian (trained heads)")
 STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
 
 
@@ -106,6 +110,7 @@ def fit_row(train: token_cache.SplitTokens, synthetic: TrainingTokens | None, se
     heads, scorer, losses = fit_heads_and_scorer(
         train.patches, normal_sample, synthetic if settings.EPOCHS > 0 else None, scorer=settings.SCORER,
         knn_bank_size=settings.KNN_BANK_SIZE, knn_bank_sampling=settings.KNN_BANK_SAMPLING,
+        knn_shrinkage=settings.KNN_SHRINKAGE,
         heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
                            settings.BATCH_SIZE, settings.SEED), device=torch.device("cpu"))
     return heads, scorer, losses, normal_sample

@@ -55,6 +55,8 @@ def test_a_near_miss_suggests_the_setting():
     ({"SYNTHETIC_SAMPLES": 91}, "multiple of 3"),
     ({"FEATURE_LAYERS": [0]}, "counted from 1"),
     ({"CATEGORIES": []}, "at least one category"),
+    ({"KNN_SHRINKAGE": 0.0}, r"KNN_SHRINKAGE must be in \(0, 1\]"),
+    ({"KNN_SHRINKAGE": 1.5}, r"KNN_SHRINKAGE must be in \(0, 1\]"),
 ])
 def test_invalid_values_are_rejected(change, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -246,3 +246,20 @@ def test_main_demo_runs_end_to_end_from_the_command_line(tiny_backbone, tmp_path
     assert (tmp_path / "out" / "report.html").is_file()
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line.startswith("Done in ") and "report.html" in last_line and "out/performance_summary.txt" in last_line
+
+
+def test_a_whitened_knn_is_saved_with_its_metric_and_predict_reproduces_it(demo_root, tiny_backbone, tmp_path):
+    config = tiny_config(demo_root, tmp_path / "results", KNN_SHRINKAGE=0.25, EPOCHS=1,
+                         CATEGORIES=dataset_ad2.list_categories(demo_root)[:1])
+    category = config.CATEGORIES[0]
+    run(config, backbone=tiny_backbone, progress=False)
+    saved = _scores(Path(config.RESULTS_DIR) / category / "scores.csv")
+    plain = tiny_config(demo_root, tmp_path / "plain", EPOCHS=1, CATEGORIES=[category])
+    run(plain, backbone=tiny_backbone, progress=False)
+    assert saved != pytest.approx(_scores(Path(plain.RESULTS_DIR) / category / "scores.csv"))  # the metric is used
+    bad = dataset_ad2.category_root(config.DATA_ROOT, category) / "test_public" / "bad"
+    run(config.replace(PREDICT=str(bad)), backbone=tiny_backbone, progress=False)
+    out = max((Path(config.RESULTS_DIR) / "predictions").glob(f"{category}-*"))
+    with open(out / "predictions.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            assert float(row["image_score"]) == pytest.approx(saved[f"test_public/bad/{Path(row['file']).name}"], rel=1e-5)

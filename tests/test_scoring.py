@@ -7,7 +7,7 @@ import torch
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
 from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, map_median_of,
-                               peak_score)
+                               peak_score, whitening_matrix)
 
 
 def test_gaussian_gives_training_points_low_and_an_outlier_high_distance():
@@ -39,6 +39,51 @@ def test_nearest_neighbour_cosine_distance_is_exact_across_chunks():
     expected = torch.stack([1 - (unit_bank @ (q / q.norm())).max() for q in queries])
     torch.testing.assert_close(NearestNeighbourScorer.fit(bank).distances(queries), expected, atol=1e-3, rtol=1e-4)
     assert NearestNeighbourScorer.fit(bank, bank_size=100).bank.shape == (100, 6)
+
+
+def _anisotropic(n: int, seed: int = 0) -> torch.Tensor:
+    """Normal tokens around (10, 0, 0): wide along axis 1, narrow along axis 2."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.tensor([10.0, 0.0, 0.0]) + torch.randn(n, 3, generator=generator) * torch.tensor([0.5, 3.0, 0.1])
+
+
+@pytest.mark.parametrize("shrinkage", [1e-6, 0.25, 1.0])
+def test_whitening_matrix_whitens_the_shrunk_covariance(shrinkage):
+    features = _anisotropic(5000)
+    whitening = whitening_matrix(features, shrinkage).double()
+    covariance = torch.cov(features.double().T)
+    eigenvalues = torch.linalg.eigvalsh(covariance)
+    shrunk = (1 - shrinkage) * covariance + shrinkage * eigenvalues.mean() * torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(whitening @ shrunk @ whitening, torch.eye(3, dtype=torch.float64), atol=1e-4, rtol=1e-4)
+    if shrinkage == 1.0:  # the identity up to scale: plain cosine
+        torch.testing.assert_close(whitening.double(), torch.eye(3, dtype=torch.float64) / eigenvalues.mean().sqrt())
+    for bad in (0.0, -0.1, 1.01):
+        with pytest.raises(ValueError, match=r"shrinkage must be in \(0, 1\]"):
+            whitening_matrix(features, bad)
+
+
+def test_whitened_knn_weighs_the_low_variance_direction_and_round_trips_through_its_state():
+    normal = _anisotropic(4000)
+    # Two queries the same Euclidean step (1.0) from the normal centre: along the wide axis (normal
+    # variation) and along the narrow one (an anomaly in the sense of Rippel et al.).
+    along_wide, along_narrow = torch.tensor([[10.0, 1.0, 0.0]]), torch.tensor([[10.0, 0.0, 1.0]])
+    plain = NearestNeighbourScorer.fit(normal)
+    whitened = NearestNeighbourScorer.fit(normal, whitening=whitening_matrix(normal, 0.25))
+    assert plain.distances(along_narrow).item() > 1e-4  # beyond every normal token for both scorers
+    assert whitened.distances(along_narrow).item() > 50 * whitened.distances(along_wide).item()
+    # Plain cosine: a step along the wide axis lands among normal tokens, so it is near zero too,
+    # but the whitened metric separates the two by far more.
+    ratio_plain = plain.distances(along_narrow).item() / max(plain.distances(along_wide).item(), 1e-12)
+    ratio_whitened = whitened.distances(along_narrow).item() / max(whitened.distances(along_wide).item(), 1e-12)
+    assert ratio_whitened > ratio_plain
+    # A scaled identity leaves the cosine unchanged; the saved state scores as the fitted scorer.
+    scaled = NearestNeighbourScorer.fit(normal, whitening=3 * torch.eye(3))
+    queries = torch.randn(50, 3, generator=torch.Generator().manual_seed(1)) + torch.tensor([10.0, 0.0, 0.0])
+    torch.testing.assert_close(scaled.distances(queries), plain.distances(queries), atol=1e-6, rtol=1e-5)
+    for scorer in (plain, whitened):
+        restored = NearestNeighbourScorer.from_state(scorer.state())
+        torch.testing.assert_close(restored.distances(queries), scorer.distances(queries))
+    assert "whitening" not in plain.state() and "whitening" in whitened.state()
 
 
 def test_anomaly_map_has_original_size_and_peaks_at_the_anomalous_patch():
