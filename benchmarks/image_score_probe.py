@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_quality  # noqa: E402
 import anomaly_vfm_v11_lora as v11  # noqa: E402
+import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
+from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
 from anomalyvfm.scoring import peak_score  # noqa: E402
 
 
@@ -44,11 +46,6 @@ VARIANTS: dict[str, Callable[[torch.Tensor], float]] = {
 }
 
 
-def group_of(lighting: str) -> str:
-    """``shift_1..shift_4`` are one group, as in the quality benchmark's per-lighting table."""
-    return "shift" if lighting.startswith("shift") else lighting
-
-
 def main(cases: list[str]) -> int:
     if not cases:
         print("usage: image_score_probe.py DATASET@SIZE ...", file=sys.stderr)
@@ -64,8 +61,8 @@ def main(cases: list[str]) -> int:
         _, grids = run_quality.fitted_grids(extractor, tokens, defaults.replace(IMAGE_SIZE=size))
         samples = tokens["test_public"].samples
         labels = np.array([s.label for s in samples])
-        groups = np.array([group_of(s.lighting) for s in samples])
-        order = sorted(set(groups), key=lambda g: (g != "regular", g))
+        groups = np.array([dataset_ad2.lighting_group(s.lighting) for s in samples])
+        order = ordered_groups(list(groups))
         print(f"\n{name}@{size}\n\n| image score | pooled | " + " | ".join(order) + " |\n|---|---:|"
               + "---:|" * len(order))
         for variant, score in VARIANTS.items():

@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_quality  # noqa: E402
 import token_cache  # noqa: E402
 import anomaly_vfm_v11_lora as v11  # noqa: E402
+import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
+from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, peak_score  # noqa: E402
 
@@ -92,11 +94,11 @@ def blurred_maps(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureE
 
 def au_pro_by_group(maps: list[np.ndarray], masks: list[np.ndarray | None], lightings: list[str]) -> str:
     """`` | group AU-PRO@0.05`` per lighting group (shift_1..4 as one), empty for a regular-light test set."""
-    groups = ["shift" if lighting.startswith("shift") else lighting for lighting in lightings]
+    groups = [dataset_ad2.lighting_group(lighting) for lighting in lightings]
     if set(groups) == {"regular"}:
         return ""
     parts = []
-    for group in sorted(set(groups), key=lambda g: (g != "regular", g)):
+    for group in ordered_groups(groups):
         chosen = [i for i, g in enumerate(groups) if g == group]
         pro = metrics.au_pro_multi([maps[i] for i in chosen], [masks[i] for i in chosen], (0.05,),
                                    num_bins=run_quality.PRO_BINS)[0.05]

@@ -11,9 +11,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from run_quality import parse_case  # noqa: E402
-from image_score_probe import VARIANTS, group_of, top_percent_mean  # noqa: E402
+from image_score_probe import VARIANTS, top_percent_mean  # noqa: E402
 from scale_probe import au_pro_by_group, pooled_grid  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
+from dataset_ad2 import lighting_group  # noqa: E402
 
 
 def test_parse_case_reads_dataset_and_size_and_names_the_valid_datasets(make_ad2_category):
@@ -41,7 +42,7 @@ def test_image_score_variants_on_a_hand_computed_grid():
     assert top_percent_mean(grid) == (199 + 198) / 2  # 1 % of 200 values: the top two
     assert top_percent_mean(grid[:1, :5]) == 4.0  # never fewer than one value
     assert [VARIANTS[name](grid) for name in VARIANTS] == [198.5, 198.5 - 99, 199.0, 199.0 - 99]
-    assert [group_of(name) for name in ("regular", "shift_3", "underexposed")] == ["regular", "shift", "underexposed"]
+    assert [lighting_group(name) for name in ("regular", "shift_3", "underexposed")] == ["regular", "shift", "underexposed"]
 
 
 def test_blur_probe_reports_au_pro_per_lighting_group_with_the_shifts_as_one():

@@ -18,6 +18,12 @@ from dataset_ad2 import lighting_group  # one grouping rule for the data layer a
 GROUP_ORDER = ("regular", "overexposed", "underexposed", "shift")
 
 
+def ordered_groups(groups: Sequence[str]) -> list[str]:
+    """The distinct lighting groups of ``groups``: ``GROUP_ORDER`` first, any other in order of first appearance."""
+    present = dict.fromkeys(groups)
+    return [g for g in GROUP_ORDER if g in present] + [g for g in present if g not in GROUP_ORDER]
+
+
 SAME_SCENES = "regular_same_scenes_"  # key prefix: a group's metrics on the regular-light images of its scenes
 
 
@@ -48,7 +54,7 @@ def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, 
     members: dict[str, list[int]] = {}
     for index, lighting in enumerate(lightings):
         members.setdefault(lighting_group(lighting), []).append(index)
-    order = [g for g in GROUP_ORDER if g in members] + [g for g in members if g not in GROUP_ORDER]
+    order = ordered_groups(list(members))
 
     def metrics_of(chosen: list[int], name: str) -> dict[str, float]:
         maps, masks = [anomaly_maps[i] for i in chosen], [gt_masks[i] for i in chosen]
