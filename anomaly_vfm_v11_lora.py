@@ -38,9 +38,13 @@ KNN_BANK_SIZE = 20000             # knn only: normal patches kept in the memory 
                                   # bank costs far more than the backbone on a CPU, docs/Benchmark.md)
 KNN_BANK_SAMPLING = "coreset"     # knn only: coreset (greedy k-center, as PatchCore: keeps rare normal patches)
                                   # | random (seeded subsample: no selection time, localises worse)
-KNN_SHRINKAGE = 1.0               # knn only: 1 (plain cosine, as AnomalyDINO) | below 1: the cosine after whitening
-                                  # by the normal patches' covariance shrunk this far towards the identity (a
-                                  # Mahalanobis metric): 0.25 localises better, ranks images worse (docs/Heads_and_Scoring.md)
+KNN_SHRINKAGE = 0.25              # knn only: below 1, the maps' cosine is taken after whitening by the normal patches'
+                                  # covariance shrunk this far towards the identity (a Mahalanobis metric: better
+                                  # maps on every shared dataset) | 1: plain cosine, as AnomalyDINO (docs/Heads_and_Scoring.md)
+KNN_IMAGE_BANK_SIZE = 5000        # knn with KNN_SHRINKAGE below 1 only: the image score's own plain-cosine search
+                                  # runs against the bank's first this many patches (with coreset sampling a coreset
+                                  # of that size): whitened distances rank images worse | 0: images scored on the
+                                  # whitened distances, as the maps
 CENTRE_MAPS = True                # true: each image's map is shifted by its own median patch distance (to the
                                   # validation images' typical median): one threshold then fits every image,
                                   # whatever its texture or light adds everywhere (docs/Heads_and_Scoring.md)

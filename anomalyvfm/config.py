@@ -52,6 +52,7 @@ class Config:
     KNN_BANK_SIZE: int
     KNN_BANK_SAMPLING: str
     KNN_SHRINKAGE: float
+    KNN_IMAGE_BANK_SIZE: int
     CENTRE_MAPS: bool
     RESULTS_DIR: str
     FORCE: bool
@@ -81,7 +82,7 @@ class Config:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.NUM_WORKERS != "auto" and not (type(self.NUM_WORKERS) is int and self.NUM_WORKERS >= 0):
             problems.append(f"NUM_WORKERS must be 'auto' or an integer >= 0, got {self.NUM_WORKERS!r}")
-        for name in ("EPOCHS", "KNN_BANK_SIZE"):
+        for name in ("EPOCHS", "KNN_BANK_SIZE", "KNN_IMAGE_BANK_SIZE"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("LEARNING_RATE", "LORA_ALPHA"):

@@ -34,7 +34,7 @@ from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
                               fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens
-from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer
+from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer, peak_score
 from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
 
@@ -177,6 +177,7 @@ class Runner:
         heads, patch_scorer, losses = fit_heads_and_scorer(  # timed as "training" and "fitting"
             patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
             knn_bank_sampling=config.KNN_BANK_SAMPLING, knn_shrinkage=config.KNN_SHRINKAGE,
+            knn_image_bank_size=config.KNN_IMAGE_BANK_SIZE,
             heads=HeadSettings(rank, alpha, config.EPOCHS, config.LEARNING_RATE, config.BATCH_SIZE, config.SEED),
             device=self.device, progress=self.progress)
         with timing.stage("fitting"):
@@ -225,13 +226,18 @@ class Runner:
             batch, gh, gw, dim = features.patches.shape
             cls_embedding = scale.heads.embed(features.cls)
             cls_distance = scale.cls_scorer.distances(cls_embedding)
-            distances = scale.patch_scorer.distances(scale.heads.embed(features.patches.reshape(-1, dim)))
-            distances = distances.reshape(batch, gh, gw)
+            embedded = scale.heads.embed(features.patches.reshape(-1, dim))
+            distances = scale.patch_scorer.distances(embedded).reshape(batch, gh, gw)
+            image_distances = scale.patch_scorer.image_distances(embedded)  # None: the map's distances serve
+            if image_distances is not None:
+                image_distances = image_distances.reshape(batch, gh, gw)
             patch = self.extractor.patch_size
             for row, index in enumerate(indices):
                 raw.cls_distances[index] = float(cls_distance[row])
                 attention = None if features.attention is None else features.attention[row]
-                raw.grids[index] = self.method.patch_distances(distances[row], float(cls_distance[row]), attention)
+                shaped = lambda grid: self.method.patch_distances(grid, float(cls_distance[row]), attention)
+                raw.grids[index] = shaped(distances[row])
+                raw.peaks[index] = peak_score(raw.grids[index] if image_distances is None else shaped(image_distances[row]))
                 raw.input_sizes[index] = (gh * patch, gw * patch)
             raw.embeddings[indices] = cls_embedding.numpy()
 

@@ -29,19 +29,19 @@ from anomalyvfm.errors import PipelineError
 from anomalyvfm.heads import StackedLoRAHeads
 from anomalyvfm.illumination import IlluminationRange
 from anomalyvfm.method import Method
-from anomalyvfm.scoring import (ScoreFusion, Scorer, anomaly_map, centred_grid, map_median_of, peak_score,
-                                scorer_from_state)
+from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, centred_grid, map_median_of, scorer_from_state
 
 # Settings that change a category's model or metrics: a finished category is reused on
 # rerun only if all of them match.
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
-                  "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "CENTRE_MAPS")
+                  "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "KNN_IMAGE_BANK_SIZE", "CENTRE_MAPS")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # What a saved model's numbers mean; raised whenever the same model would score differently. A model
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
 # 2: the image score became the peak patch distance above the image's median (was the top-1 % mean).
-SCORING_VERSION = 2
+# 3: a whitened kNN (KNN_SHRINKAGE < 1) scores images by a plain-cosine search of their own (KNN_IMAGE_BANK_SIZE).
+SCORING_VERSION = 3
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.
 MIN_RELATIVE_SPREAD = 1e-3
@@ -207,27 +207,28 @@ def _has_type(value: Any, annotation: Any) -> bool:
 class RawScores:
     """One scale's unfused outputs over a list of images (see ``fit.Runner.raw_scores``).
 
-    cls_distances ``[N]``; grids: per image ``[gh, gw]`` patch distances; input_sizes: per image
-    the network input ``(h, w)``; embeddings: CLS embeddings ``[N, D]``.
+    cls_distances ``[N]``; grids: per image ``[gh, gw]`` patch distances (the map's); input_sizes: per
+    image the network input ``(h, w)``; embeddings: CLS embeddings ``[N, D]``; peaks ``[N]``: each image's
+    ``peak_score``, of its grid or, where the patch scorer searches for the image score on its own
+    (``NearestNeighbourScorer.image_distances``), of that search's grid.
     """
 
     cls_distances: np.ndarray
     grids: list[torch.Tensor]
     input_sizes: list[tuple[int, int]]
     embeddings: np.ndarray
+    peaks: np.ndarray
 
     @classmethod
     def empty(cls, count: int, dim: int) -> "RawScores":
         """``count`` rows to be filled in (zeros, empty grids)."""
-        return cls(np.zeros(count), [torch.empty(0)] * count, [(0, 0)] * count, np.zeros((count, dim), np.float32))
-
-    def peaks(self) -> np.ndarray:
-        """``[N]``: each image's ``peak_score``."""
-        return np.array([peak_score(grid) for grid in self.grids])
+        return cls(np.zeros(count), [torch.empty(0)] * count, [(0, 0)] * count, np.zeros((count, dim), np.float32),
+                   np.zeros(count))
 
     def subset(self, indices: Sequence[int]) -> "RawScores":
-        return RawScores(self.cls_distances[list(indices)], [self.grids[i] for i in indices],
-                         [self.input_sizes[i] for i in indices], self.embeddings[list(indices)])
+        chosen = list(indices)
+        return RawScores(self.cls_distances[chosen], [self.grids[i] for i in chosen],
+                         [self.input_sizes[i] for i in chosen], self.embeddings[chosen], self.peaks[chosen])
 
 
 def fit_fusion(normal: RawScores) -> tuple[ScoreFusion, list[str]]:
@@ -238,7 +239,7 @@ def fit_fusion(normal: RawScores) -> tuple[ScoreFusion, list[str]]:
     """
     warnings: list[str] = []
     statistics = []
-    for label, values in (("CLS distance", normal.cls_distances), ("peak patch distance", normal.peaks())):
+    for label, values in (("CLS distance", normal.cls_distances), ("peak patch distance", normal.peaks)):
         mean, spread = float(np.mean(values)), float(np.std(values))
         if not spread > MIN_RELATIVE_SPREAD * abs(mean):
             safe = abs(mean) if abs(mean) > 0 else 1.0
@@ -256,7 +257,7 @@ def fused_scores(method: Method, scales: Sequence[ScaleModel], raws: Sequence[Ra
     for scale, raw in zip(scales, raws):
         fusion = scale.fusion
         cls_z = (raw.cls_distances - fusion.cls_mean) / fusion.cls_std
-        patch_z = (raw.peaks() - fusion.patch_mean) / fusion.patch_std
+        patch_z = (raw.peaks - fusion.patch_mean) / fusion.patch_std
         per_scale.append([method.image_score(float(c), float(p)) for c, p in zip(cls_z, patch_z)])
     return np.mean(per_scale, axis=0) if per_scale else np.zeros(0)
 

@@ -6,7 +6,8 @@ tokens) both call ``fit_heads_and_scorer``, so a benchmark row is exactly what a
     normal patch grids [gh, gw, D] + synthetic tokens with labels -> heads (trained)
     -> Gaussian on heads(normal subsample)       (SCORER "mahalanobis")
     -> memory bank of heads(normal tokens)        (SCORER "knn", cosine 1-NN; a greedy coreset or random subsample,
-                                                   in the space whitened by the normal subsample's shrunk covariance)
+                                                   in the space whitened by the normal subsample's shrunk covariance;
+                                                   the image score's own plain search on the bank's first rows)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def gather_tokens(grids: list[torch.Tensor], indices: torch.Tensor) -> torch.Ten
 def memory_bank(normal_grids: list[torch.Tensor], heads: StackedLoRAHeads, size: int, sampling: str,
                 seed: int) -> torch.Tensor:
     """The kNN memory bank: the heads' embeddings ``[n, D]`` of ``size`` normal tokens (0: every token).
+    A coreset's rows are in selection order, so its first ``k`` rows are the greedy coreset of ``k``.
 
     ``sampling``: ``"coreset"``, a greedy k-center coreset under cosine distance (PatchCore; searched
     on a seeded random projection of the unit embeddings), or ``"random"``, a seeded random subsample.
@@ -68,19 +70,23 @@ def memory_bank(normal_grids: list[torch.Tensor], heads: StackedLoRAHeads, size:
     projection = coreset_projection(normal_grids[0].shape[-1], seed)
     projected = torch.cat([F.normalize(heads.embed(g.reshape(-1, g.shape[-1])), dim=-1) @ projection
                            for g in normal_grids])
-    chosen = greedy_coreset(projected, size, seed).sort().values
-    return heads.embed(gather_tokens(normal_grids, chosen))
+    chosen, order = greedy_coreset(projected, size, seed).sort()
+    bank = torch.empty(size, normal_grids[0].shape[-1])
+    bank[order] = gather_tokens(normal_grids, chosen)  # back into selection order: any prefix is a coreset too
+    return heads.embed(bank)
 
 
 def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.Tensor, training: TrainingTokens | None,
                          *, scorer: str, knn_bank_size: int, knn_bank_sampling: str, knn_shrinkage: float,
-                         heads: HeadSettings, device: torch.device,
+                         knn_image_bank_size: int, heads: HeadSettings, device: torch.device,
                          progress: bool = False) -> tuple[StackedLoRAHeads, Scorer, list[float]]:
     """Train the heads (when ``training`` is given and ``heads.epochs > 0``), then fit the patch scorer.
 
     ``normal_sample``: ``sample_tokens(normal_grids, MAX_FIT_TOKENS, seed)``, the Gaussian's fit tokens and
     the kNN's whitening sample (the caller also sizes the LoRA from it, so it is drawn once).
     ``knn_shrinkage``: the kNN metric's (``scoring.whitening_matrix``); 1 is plain cosine.
+    ``knn_image_bank_size``: with a whitened kNN, the image score's plain-cosine search runs against that
+    many first rows of the bank (``scoring.NearestNeighbourScorer``; 0: on the maps' distances).
 
     Returns ``(heads, patch scorer on the heads' output, loss per epoch)``.
     """
@@ -98,4 +104,5 @@ def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.
             return model_heads, fit_scorer(scorer, model_heads.embed(normal_sample), bank_size=0, seed=heads.seed), losses
         bank = memory_bank(normal_grids, model_heads, knn_bank_size, knn_bank_sampling, heads.seed)
         whitening = whitening_matrix(model_heads.embed(normal_sample), knn_shrinkage) if knn_shrinkage < 1 else None
-        return model_heads, fit_scorer(scorer, bank, bank_size=0, seed=heads.seed, whitening=whitening), losses
+        return model_heads, fit_scorer(scorer, bank, bank_size=0, seed=heads.seed, whitening=whitening,
+                                       image_bank_size=knn_image_bank_size), losses

@@ -12,6 +12,8 @@ statistics (``ScoreFusion``); the method combines them (v1.1: the peak term alon
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 import torch
@@ -51,6 +53,10 @@ class GaussianScorer:
             out.append(((centred @ self.precision) * centred).sum(-1).clamp_min(0).sqrt())
         return torch.cat(out) if out else features.new_zeros(0)
 
+    def image_distances(self, features: torch.Tensor) -> None:
+        """The image score uses ``distances`` (no search of its own)."""
+        return None
+
     def state(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "precision": self.precision}
 
@@ -60,26 +66,33 @@ class NearestNeighbourScorer:
     optionally in a whitened space (``whitening``, see ``whitening_matrix``): bank and queries are both
     mapped by it before the cosine.
 
-    ``bank_size > 0`` keeps a seeded random subsample of that many tokens (0 keeps all).
+    A whitened search sharpens the maps but ranks images worse (docs/Heads_and_Scoring.md), so with a
+    whitening the image score gets a plain-cosine search of its own (``image_distances``) against the
+    bank's first ``image_bank_size`` rows: a greedy coreset's selection order makes them a coreset of
+    that size. ``bank_size > 0`` keeps a seeded random subsample of that many tokens (0 keeps all).
     """
 
     kind = "knn"
 
-    def __init__(self, bank: torch.Tensor, whitening: torch.Tensor | None = None) -> None:
-        """bank: ``[n, d]`` normal embeddings; whitening: ``[d, d]`` or None (plain cosine)."""
+    def __init__(self, bank: torch.Tensor, whitening: torch.Tensor | None = None, image_bank_size: int = 0) -> None:
+        """bank: ``[n, d]`` normal embeddings; whitening: ``[d, d]`` or None (plain cosine);
+        image_bank_size: rows of ``bank`` the image score searches when whitened (0: none, it uses ``distances``)."""
         self.whitening = None if whitening is None else whitening.float()
         self.bank = F.normalize(self._mapped(bank), dim=-1)
+        use_image_bank = whitening is not None and image_bank_size > 0
+        self.image_bank = F.normalize(bank[:image_bank_size].float(), dim=-1) if use_image_bank else None
 
     @classmethod
     def fit(cls, features: torch.Tensor, bank_size: int = 0, seed: int = 0,
-            whitening: torch.Tensor | None = None) -> "NearestNeighbourScorer":
-        return cls(_subsample(features, bank_size, seed) if bank_size else features, whitening)
+            whitening: torch.Tensor | None = None, image_bank_size: int = 0) -> "NearestNeighbourScorer":
+        return cls(_subsample(features, bank_size, seed) if bank_size else features, whitening, image_bank_size)
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> "NearestNeighbourScorer":
-        """The scorer ``state()`` describes (its bank is stored mapped and normalised)."""
+        """The scorer ``state()`` describes (its banks are stored mapped and normalised)."""
         scorer = cls.__new__(cls)
         scorer.bank, scorer.whitening = state["bank"].float(), state.get("whitening")
+        scorer.image_bank = None if state.get("image_bank") is None else state["image_bank"].float()
         return scorer
 
     def _mapped(self, features: torch.Tensor) -> torch.Tensor:
@@ -87,17 +100,28 @@ class NearestNeighbourScorer:
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """``[M, d]`` -> ``[M]``, chunked matrix products (never an [M, N] matrix at once)."""
-        out = []
-        for part in features.split(2048):
-            part = F.normalize(self._mapped(part), dim=-1)
-            best = torch.full((len(part),), -1.0)
-            for bank in self.bank.split(CHUNK):
-                best = torch.maximum(best, (part @ bank.T).max(-1).values)
-            out.append((1.0 - best).clamp_min(0))
-        return torch.cat(out) if out else features.new_zeros(0)
+        return _cosine_distances(features, self.bank, self._mapped)
+
+    def image_distances(self, features: torch.Tensor) -> torch.Tensor | None:
+        """``[M, d]`` -> ``[M]`` plain cosine distances to the image bank, or None: the image score uses ``distances``."""
+        return None if self.image_bank is None else _cosine_distances(features, self.image_bank, lambda x: x.float())
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"bank": self.bank} | ({} if self.whitening is None else {"whitening": self.whitening})
+        return ({"bank": self.bank} | ({} if self.whitening is None else {"whitening": self.whitening})
+                | ({} if self.image_bank is None else {"image_bank": self.image_bank}))
+
+
+def _cosine_distances(features: torch.Tensor, bank: torch.Tensor,
+                      mapped: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``1 - max cos`` of ``mapped(features)`` ``[M, d]`` to the unit rows of ``bank`` ``[n, d]``: ``[M]``."""
+    out = []
+    for part in features.split(2048):
+        part = F.normalize(mapped(part), dim=-1)
+        best = torch.full((len(part),), -1.0)
+        for rows in bank.split(CHUNK):
+            best = torch.maximum(best, (part @ rows.T).max(-1).values)
+        out.append((1.0 - best).clamp_min(0))
+    return torch.cat(out) if out else features.new_zeros(0)
 
 
 def whitening_matrix(features: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -196,11 +220,11 @@ def _euclidean(points: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor,
 
 
 def fit_scorer(kind: str, features: torch.Tensor, *, bank_size: int, seed: int,
-               whitening: torch.Tensor | None = None) -> Scorer:
-    """``whitening``: the kNN's metric (``whitening_matrix``); the Gaussian has its own."""
+               whitening: torch.Tensor | None = None, image_bank_size: int = 0) -> Scorer:
+    """``whitening``, ``image_bank_size``: the kNN's (``NearestNeighbourScorer``); the Gaussian has its own metric."""
     if kind == "mahalanobis":
         return GaussianScorer.fit(features, seed)
-    return NearestNeighbourScorer.fit(features, bank_size, seed, whitening)
+    return NearestNeighbourScorer.fit(features, bank_size, seed, whitening, image_bank_size)
 
 
 def scorer_from_state(kind: str, state: dict[str, torch.Tensor]) -> Scorer:

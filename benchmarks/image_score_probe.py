@@ -58,7 +58,8 @@ def main(cases: list[str]) -> int:
     defaults = v11.default_config()
     for name, size in parsed:
         tokens = run_quality.case_tokens(extractor, backbone, name, size)
-        _, grids = run_quality.fitted_grids(extractor, tokens, defaults.replace(IMAGE_SIZE=size))
+        _, test_scored = run_quality.fitted_grids(extractor, tokens, defaults.replace(IMAGE_SIZE=size))
+        grids = test_scored.images  # the grids the product's image score is taken from
         samples = tokens["test_public"].samples
         labels = np.array([s.label for s in samples])
         groups = np.array([dataset_ad2.lighting_group(s.lighting) for s in samples])

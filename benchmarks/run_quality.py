@@ -18,9 +18,10 @@ Rows: the current defaults of ``anomaly_vfm_v11_lora.py``; the same with untrain
 (``--EPOCHS=0``); the AnomalyDINO reference (cosine 1-NN against the FULL memory bank of raw
 tokens); and the candidates that decided the defaults (docs/Heads_and_Scoring.md). The
 stressed copies run ``STRESS_ROWS`` (the full bank would take hours there).
-Image score for every row: the highest patch distance above the image's median (``peak_score``). Maps: centred on the validation
-images' median patch distance as the product's (``CENTRE_MAPS``), except in the row that turns
-it off. SegF1 threshold: validation
+Image score for every row: the highest patch distance above the image's median (``peak_score``), as the
+product takes it (from the image score's own plain-cosine search where a whitened kNN has one,
+``KNN_IMAGE_BANK_SIZE``). Maps: centred on the validation images' median patch distance as the
+product's (``CENTRE_MAPS``), except in the row that turns it off. SegF1 threshold: validation
 maps' mean + 3 std (the AD 2 paper's baseline rule). Writes benchmarks/quality.json and
 benchmarks/quality.md; rows already in quality.json for other datasets, sizes or rows are kept,
 so ``--rows`` / ``--datasets`` / ``--image-sizes`` can complete a table step by step (each row
@@ -37,6 +38,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -72,19 +74,24 @@ STRESS_SUFFIX = render_tables.STRESS_SUFFIX  # one name, shared with the tables
 ROWS: dict[str, dict] = {
     "v1.1 (default)": {},
     "v1.1 --EPOCHS=0": {"EPOCHS": 0},
-    "v1.1 --CENTRE_MAPS=false": {"CENTRE_MAPS": False},
-    "v1.1 --KNN_SHRINKAGE=0.25": {"KNN_SHRINKAGE": 0.25},
+    # Whitened maps, image score from the same whitened distances (no search of its own).
+    "v1.1 --KNN_IMAGE_BANK_SIZE=0": {"KNN_IMAGE_BANK_SIZE": 0},
+    # Plain cosine for maps and image score: the default until whitening replaced it.
+    "v1.1 --KNN_SHRINKAGE=1": {"KNN_SHRINKAGE": 1.0},
+    "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0": {"KNN_SHRINKAGE": 1.0, "EPOCHS": 0},
+    "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false": {"KNN_SHRINKAGE": 1.0, "CENTRE_MAPS": False},
     # The AnomalyDINO references: plain cosine on the raw tokens.
     "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0, "KNN_SHRINKAGE": 1.0},
     "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0,
                             "KNN_SHRINKAGE": 1.0},
-    "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset"},
+    "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset", "KNN_SHRINKAGE": 1.0},
     "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
     "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
 }
 
 
-STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --CENTRE_MAPS=false", "v1.1 --KNN_SHRINKAGE=0.25",
+STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --KNN_IMAGE_BANK_SIZE=0", "v1.1 --KNN_SHRINKAGE=1",
+               "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0", "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false",
                "Gaussian (untrained heads)", "Gaussian (trained heads)")
 STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
 
@@ -110,7 +117,7 @@ def fit_row(train: token_cache.SplitTokens, synthetic: TrainingTokens | None, se
     heads, scorer, losses = fit_heads_and_scorer(
         train.patches, normal_sample, synthetic if settings.EPOCHS > 0 else None, scorer=settings.SCORER,
         knn_bank_size=settings.KNN_BANK_SIZE, knn_bank_sampling=settings.KNN_BANK_SAMPLING,
-        knn_shrinkage=settings.KNN_SHRINKAGE,
+        knn_shrinkage=settings.KNN_SHRINKAGE, knn_image_bank_size=settings.KNN_IMAGE_BANK_SIZE,
         heads=HeadSettings(settings.LORA_RANK, settings.LORA_ALPHA, settings.EPOCHS, settings.LEARNING_RATE,
                            settings.BATCH_SIZE, settings.SEED), device=torch.device("cpu"))
     return heads, scorer, losses, normal_sample
@@ -118,13 +125,37 @@ def fit_row(train: token_cache.SplitTokens, synthetic: TrainingTokens | None, se
 
 def distance_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Tensor]) -> list[torch.Tensor]:
     """Per image the patch distances ``[gh, gw]`` of its token grid ``[gh, gw, D]``, through ``heads`` and ``scorer``."""
-    return [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2]) for g in patches]
+    return scored_grids(heads, scorer, patches).maps
+
+
+@dataclass
+class Grids:
+    """Per image the map's patch distances ``[gh, gw]`` and the image score's: the same grid unless the
+    scorer searches for the image score on its own (``NearestNeighbourScorer.image_distances``)."""
+
+    maps: list[torch.Tensor]
+    images: list[torch.Tensor]
+
+    def peaks(self) -> np.ndarray:
+        """``[N]`` image scores, as ``fit.Runner`` computes them."""
+        return np.array([peak_score(grid) for grid in self.images])
+
+
+def scored_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Tensor]) -> Grids:
+    """``Grids`` of token grids ``[gh, gw, D]`` through ``heads`` and ``scorer`` (as ``fit.Runner._score_batch``)."""
+    maps, images = [], []
+    for grid in patches:
+        embedded = heads.embed(grid.reshape(-1, grid.shape[-1]))
+        maps.append(scorer.distances(embedded).reshape(grid.shape[:2]))
+        image_distances = scorer.image_distances(embedded)
+        images.append(maps[-1] if image_distances is None else image_distances.reshape(grid.shape[:2]))
+    return Grids(maps, images)
 
 
 def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The validation and test images' patch distances ``[gh, gw]`` of the row ``settings`` give on cached
-    ``tokens``: synthetic samples (cached, when EPOCHS > 0), heads and scorer fitted as ``evaluate_row`` does."""
+                 ) -> tuple[Grids, Grids]:
+    """The validation and test images' ``Grids`` of the row ``settings`` give on cached ``tokens``:
+    synthetic samples (cached, when EPOCHS > 0), heads and scorer fitted as ``evaluate_row`` does."""
     synthetic = None
     with torch.inference_mode():
         if settings.EPOCHS > 0:
@@ -132,8 +163,8 @@ def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.Spli
                                          settings.SEED)
     heads, scorer, _, _ = fit_row(tokens["train"], synthetic, settings)
     with torch.inference_mode():
-        return (distance_grids(heads, scorer, tokens["validation"].patches),
-                distance_grids(heads, scorer, tokens["test_public"].patches))
+        return (scored_grids(heads, scorer, tokens["validation"].patches),
+                scored_grids(heads, scorer, tokens["test_public"].patches))
 
 
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
@@ -169,7 +200,8 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndar
     timing.reset()
     heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
-    val_grids, test_grids = distance_grids(heads, scorer, validation.patches), distance_grids(heads, scorer, test.patches)
+    val_grids, test_scored = distance_grids(heads, scorer, validation.patches), scored_grids(heads, scorer, test.patches)
+    test_grids = test_scored.maps
     score_seconds = time.perf_counter() - start
     start = time.perf_counter()
     # As fit.fit_category: maps centred on the validation images' median; image scores from the raw grids.
@@ -180,7 +212,7 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndar
     test_maps = [anomaly_map(centre(g), s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
     map_seconds = time.perf_counter() - start
     labels = np.array([s.label for s in test.samples])
-    scores = np.array([peak_score(g) for g in test_grids])
+    scores = test_scored.peaks()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
         pro = metrics.au_pro_multi(test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)

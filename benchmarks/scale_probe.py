@@ -43,7 +43,7 @@ import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
-from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, peak_score  # noqa: E402
+from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of  # noqa: E402
 
 SECOND_SIZE = 224
 SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
@@ -64,15 +64,16 @@ def standardised_size(tokens: dict[str, token_cache.SplitTokens], extractor: Fea
     """The default row at ``size``: test maps ``[H, W]`` (centred, original size) and image scores ``[N]``,
     each z-scored with its validation images' map values and image scores."""
     validation, test = tokens["validation"], tokens["test_public"]
-    val_grids, test_grids = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
+    val_scored, test_scored = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
+    val_grids, test_grids = val_scored.maps, test_scored.maps
     reference = map_median_of(val_grids)
     val_values = np.concatenate([anomaly_map(centred_grid(g, reference), s, o).ravel()
                                  for g, s, o in zip(val_grids, validation.input_sizes, validation.original_sizes)])
     mean, std = float(val_values.mean()), float(val_values.std())
     maps = [(anomaly_map(centred_grid(g, reference), s, o) - mean) / std
             for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
-    val_scores = np.array([peak_score(g) for g in val_grids])
-    scores = (np.array([peak_score(g) for g in test_grids]) - val_scores.mean()) / val_scores.std()
+    val_scores = val_scored.peaks()
+    scores = (test_scored.peaks() - val_scores.mean()) / val_scores.std()
     return maps, scores
 
 
@@ -85,11 +86,11 @@ def blurred_maps(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureE
                  ) -> tuple[dict[float, list[np.ndarray]], np.ndarray]:
     """The default row's centred test maps ``[H, W]`` for each sigma of ``MAP_SIGMAS``, and its image scores ``[N]``."""
     test = tokens["test_public"]
-    val_grids, test_grids = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
-    reference = map_median_of(val_grids)
+    val_scored, test_scored = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
+    reference = map_median_of(val_scored.maps)
     maps = {sigma: [anomaly_map(centred_grid(g, reference), s, o, sigma=sigma)
-                    for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)] for sigma in MAP_SIGMAS}
-    return maps, np.array([peak_score(g) for g in test_grids])
+                    for g, s, o in zip(test_scored.maps, test.input_sizes, test.original_sizes)] for sigma in MAP_SIGMAS}
+    return maps, test_scored.peaks()
 
 
 def au_pro_by_group(maps: list[np.ndarray], masks: list[np.ndarray | None], lightings: list[str]) -> str:

@@ -9,7 +9,7 @@ from anomalyvfm.calibration import (CALIBRATION_PAIRS, IMAGE_RULE, PIXEL_RULE, c
                                    candidate_thresholds)
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, full_size_map
-from anomalyvfm.scoring import ScoreFusion, peak_score
+from anomalyvfm.scoring import ScoreFusion
 from anomalyvfm.synthetic import make_calibration_samples
 
 PATCH = 14
@@ -83,7 +83,7 @@ def test_candidate_rules_and_the_product_rule_on_a_constructed_calibration_set()
     maps = [full_size_map([scale], [validation], i, (56, 84)) for i in range(6)]
     maps += [full_size_map([scale], [synthetic], j, (56, 84)) for j in range(len(samples))]
     masks = [np.zeros((56, 84), bool)] * 6 + [s.mask.numpy() for s in samples]
-    scores = np.array([peak_score(g) for g in validation.grids + synthetic.grids])
+    scores = np.concatenate([validation.peaks, synthetic.peaks])
     labels = np.array([0] * 6 + [int(bool(s.defect)) for s in samples])
     normal = [i for i in range(len(maps)) if i < 6 or not samples[i - 6].defect]
 

@@ -82,6 +82,17 @@ def test_memory_bank_coreset_takes_real_tokens_and_covers_the_rare_ones():
     assert memory_bank(grids, heads, 0, "coreset", seed=0).shape == (600, 6)
 
 
+def test_memory_bank_coreset_rows_are_in_selection_order_so_a_prefix_is_the_smaller_coreset():
+    grids = [_clustered(40, 6, seed=i).reshape(4, 10, 6) for i in range(15)]
+    heads = StackedLoRAHeads(6, rank=2, alpha=4.0)  # untrained: the identity
+    every = torch.cat([g.reshape(-1, 6) for g in grids])
+    projected = F.normalize(every, dim=-1) @ coreset_projection(6, 0)
+    expected = every[greedy_coreset(projected, 60, seed=0)]  # selection order, not index order
+    bank = memory_bank(grids, heads, 60, "coreset", seed=0)
+    torch.testing.assert_close(bank, expected)
+    torch.testing.assert_close(memory_bank(grids, heads, 12, "coreset", seed=0), bank[:12])
+
+
 def test_gather_tokens_reads_across_grids_in_order():
     grids = [torch.arange(12.0).reshape(2, 3, 2), torch.arange(12.0, 20.0).reshape(2, 2, 2)]
     every = torch.cat([g.reshape(-1, 2) for g in grids])

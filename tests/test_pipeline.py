@@ -249,14 +249,24 @@ def test_main_demo_runs_end_to_end_from_the_command_line(tiny_backbone, tmp_path
 
 
 def test_a_whitened_knn_is_saved_with_its_metric_and_predict_reproduces_it(demo_root, tiny_backbone, tmp_path):
-    config = tiny_config(demo_root, tmp_path / "results", KNN_SHRINKAGE=0.25, EPOCHS=1,
+    # An image bank as large as the bank: the image score's search is then exactly the plain run's.
+    config = tiny_config(demo_root, tmp_path / "results", KNN_SHRINKAGE=0.25, KNN_IMAGE_BANK_SIZE=10**6, EPOCHS=1,
                          CATEGORIES=dataset_ad2.list_categories(demo_root)[:1])
     category = config.CATEGORIES[0]
     run(config, backbone=tiny_backbone, progress=False)
     saved = _scores(Path(config.RESULTS_DIR) / category / "scores.csv")
-    plain = tiny_config(demo_root, tmp_path / "plain", EPOCHS=1, CATEGORIES=[category])
+    plain = tiny_config(demo_root, tmp_path / "plain", KNN_SHRINKAGE=1.0, EPOCHS=1, CATEGORIES=[category])
     run(plain, backbone=tiny_backbone, progress=False)
-    assert saved != pytest.approx(_scores(Path(plain.RESULTS_DIR) / category / "scores.csv"))  # the metric is used
+    assert saved == pytest.approx(_scores(Path(plain.RESULTS_DIR) / category / "scores.csv"), rel=1e-5)
+    defective = next(s for s in dataset_ad2.load_category(demo_root, category).test_public if s.label == 1)
+    whitened_map, plain_map = (model_io.read_map(Path(c.RESULTS_DIR) / category / "maps" /
+                                                 Path(defective.relative_path).with_suffix(".tiff")) for c in (config, plain))
+    assert not np.allclose(whitened_map, plain_map, rtol=0.05)  # the maps use the whitened metric
+    # Without an image bank the image score comes from the whitened distances too.
+    maps_only = tiny_config(demo_root, tmp_path / "maps_only", KNN_SHRINKAGE=0.25, KNN_IMAGE_BANK_SIZE=0, EPOCHS=1,
+                            CATEGORIES=[category])
+    run(maps_only, backbone=tiny_backbone, progress=False)
+    assert _scores(Path(maps_only.RESULTS_DIR) / category / "scores.csv") != pytest.approx(saved)
     bad = dataset_ad2.category_root(config.DATA_ROOT, category) / "test_public" / "bad"
     run(config.replace(PREDICT=str(bad)), backbone=tiny_backbone, progress=False)
     out = max((Path(config.RESULTS_DIR) / "predictions").glob(f"{category}-*"))

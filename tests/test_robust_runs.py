@@ -331,7 +331,7 @@ def _edit_model_json(config, change) -> Path:
     (lambda m: m["scales"][0].pop("map_median"), "scales[].map_median must be a finite number or null, got '(missing)'"),
     (lambda m: m["scales"][0].update(map_median="0.2"), "scales[].map_median must be a finite number or null, got '0.2'"),
     (lambda m: (m.pop("scoring_version"), m.update(version="1.1.0")),
-     "it was saved by anomalyvfm 1.1.0, which scores images differently (scoring_version 1, this version reads 2)"),
+     f"it was saved by anomalyvfm 1.1.0, which scores images differently (scoring_version 1, this version reads {SCORING_VERSION})"),
 ])
 def test_model_json_fields_are_validated(finished, tiny_backbone, change, problem):
     model_file = _edit_model_json(finished, change)

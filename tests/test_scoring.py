@@ -86,6 +86,23 @@ def test_whitened_knn_weighs_the_low_variance_direction_and_round_trips_through_
     assert "whitening" not in plain.state() and "whitening" in whitened.state()
 
 
+def test_whitened_knn_scores_images_by_plain_cosine_against_the_first_rows_of_its_bank():
+    normal = _anisotropic(4000)
+    queries = torch.randn(50, 3, generator=torch.Generator().manual_seed(1)) + torch.tensor([10.0, 0.0, 0.0])
+    whitening = whitening_matrix(normal, 0.25)
+    whitened = NearestNeighbourScorer.fit(normal, whitening=whitening, image_bank_size=300)
+    # The image search: plain cosine against rows 0..299, whatever the whitening does to the maps.
+    torch.testing.assert_close(whitened.image_distances(queries), NearestNeighbourScorer(normal[:300]).distances(queries))
+    assert not torch.allclose(whitened.image_distances(queries), whitened.distances(queries), rtol=0.1)
+    restored = NearestNeighbourScorer.from_state(whitened.state())
+    torch.testing.assert_close(restored.image_distances(queries), whitened.image_distances(queries))
+    # No search of its own where the maps' search is plain cosine already, or when asked for none.
+    assert NearestNeighbourScorer.fit(normal, image_bank_size=300).image_distances(queries) is None
+    no_image_bank = NearestNeighbourScorer.fit(normal, whitening=whitening)
+    assert no_image_bank.image_distances(queries) is None and "image_bank" not in no_image_bank.state()
+    assert GaussianScorer.fit(normal).image_distances(queries) is None
+
+
 def test_anomaly_map_has_original_size_and_peaks_at_the_anomalous_patch():
     grid = torch.zeros(4, 8)
     grid[1, 6] = 5.0
@@ -149,7 +166,8 @@ def test_peak_score_finds_one_defective_patch_that_a_top_percent_mean_dilutes():
 
 
 def _raw(grids: list[torch.Tensor], cls_distances: list[float]) -> RawScores:
-    return RawScores(np.array(cls_distances), grids, [(28, 28)] * len(grids), np.zeros((len(grids), 4), np.float32))
+    return RawScores(np.array(cls_distances), grids, [(28, 28)] * len(grids), np.zeros((len(grids), 4), np.float32),
+                     np.array([peak_score(grid) for grid in grids]))
 
 
 def test_image_scores_are_peaks_standardised_on_validation_images():
@@ -175,7 +193,7 @@ def test_centring_removes_an_image_wide_offset_and_keeps_local_contrast():
 
 def test_full_size_maps_are_centred_on_the_validation_median_only_when_asked():
     grids = [torch.rand(4, 6, generator=torch.Generator().manual_seed(i)) + i for i in range(3)]
-    raw = RawScores(np.zeros(3), grids, [(56, 84)] * 3, np.zeros((3, 2), np.float32))
+    raw = RawScores(np.zeros(3), grids, [(56, 84)] * 3, np.zeros((3, 2), np.float32), np.zeros(3))
     scale = ScaleModel(56, heads=None, cls_scorer=None, patch_scorer=None, illumination=None)
     fit_map_medians([scale], [raw], centre=False)
     assert scale.map_median is None
