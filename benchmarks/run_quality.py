@@ -124,8 +124,9 @@ def fit_row(train: token_cache.SplitTokens, synthetic: TrainingTokens | None, se
 
 
 def distance_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per image the patch distances ``[gh, gw]`` of its token grid ``[gh, gw, D]``, through ``heads`` and ``scorer``."""
-    return scored_grids(heads, scorer, patches).maps
+    """Per image the patch distances ``[gh, gw]`` of its token grid ``[gh, gw, D]``, through ``heads`` and ``scorer``
+    (the map's only; ``scored_grids`` adds the image score's)."""
+    return [scorer.distances(heads.embed(g.reshape(-1, g.shape[-1]))).reshape(g.shape[:2]) for g in patches]
 
 
 @dataclass
@@ -200,7 +201,8 @@ def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndar
     timing.reset()
     heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
-    val_grids, test_scored = distance_grids(heads, scorer, validation.patches), scored_grids(heads, scorer, test.patches)
+    # Both splits get the image score's search too, as in a run (validation peaks feed the score fusion).
+    val_grids, test_scored = scored_grids(heads, scorer, validation.patches).maps, scored_grids(heads, scorer, test.patches)
     test_grids = test_scored.maps
     score_seconds = time.perf_counter() - start
     start = time.perf_counter()
