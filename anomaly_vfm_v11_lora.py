@@ -41,6 +41,11 @@ KNN_BANK_SAMPLING = "coreset"     # knn only: coreset (greedy k-center, as Patch
 KNN_SHRINKAGE = 0.25              # knn only: below 1, the maps' cosine is taken after whitening by the normal patches'
                                   # covariance shrunk this far towards the identity (a Mahalanobis metric: better
                                   # maps on every shared dataset) | 1: plain cosine, as AnomalyDINO (docs/Heads_and_Scoring.md)
+KNN_NUISANCE_WEIGHT = 0.0         # knn with KNN_SHRINKAGE below 1 only: that covariance also gets this much of the
+                                  # scatter of how the synthetic lighting and noise samples move normal patches (a
+                                  # token minus its regular-light twin), so those moves count as normal variation:
+                                  # 1 helps an object under lighting changes, costs a texture whose defects are
+                                  # changes of brightness (docs/Heads_and_Scoring.md) | 0: normal patches alone
 KNN_IMAGE_BANK_SIZE = 5000        # knn with KNN_SHRINKAGE below 1 only: the image score's own plain-cosine search
                                   # runs against the bank's first this many patches (with coreset sampling a coreset
                                   # of that size): whitened distances rank images worse | 0: images scored on the

@@ -52,6 +52,7 @@ class Config:
     KNN_BANK_SIZE: int
     KNN_BANK_SAMPLING: str
     KNN_SHRINKAGE: float
+    KNN_NUISANCE_WEIGHT: float
     KNN_IMAGE_BANK_SIZE: int
     CENTRE_MAPS: bool
     RESULTS_DIR: str
@@ -73,6 +74,8 @@ class Config:
             problems.append(f"KNN_BANK_SAMPLING must be one of {', '.join(BANK_SAMPLINGS)}, got {self.KNN_BANK_SAMPLING!r}")
         if not 0.0 < self.KNN_SHRINKAGE <= 1.0:
             problems.append(f"KNN_SHRINKAGE must be in (0, 1] (1: plain cosine), got {self.KNN_SHRINKAGE}")
+        if not (math.isfinite(self.KNN_NUISANCE_WEIGHT) and self.KNN_NUISANCE_WEIGHT >= 0):
+            problems.append(f"KNN_NUISANCE_WEIGHT must be a finite number >= 0 (0: none), got {self.KNN_NUISANCE_WEIGHT}")
         if self.DEVICE not in DEVICES:
             problems.append(f"DEVICE must be one of {', '.join(DEVICES)}, got {self.DEVICE!r}")
         if self.SYNTHETIC_SAMPLES < 0 or self.SYNTHETIC_SAMPLES % 3:

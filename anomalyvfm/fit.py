@@ -33,7 +33,7 @@ from anomalyvfm.method import Method
 from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
                               fused_scores, model_settings)
-from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, sample_tokens
+from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens
 from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer, peak_score
 from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
@@ -132,7 +132,7 @@ class Runner:
         Unreadable training images are left out; ``DatasetError`` if none is readable.
         """
         config, paths = self.config, [s.path for s in train]
-        synthesize = config.EPOCHS > 0 and config.SYNTHETIC_SAMPLES > 0
+        synthesize = needs_synthetic_samples(config)
         cls_tokens = torch.zeros(len(train), self.extractor.dim)
         means, stds = torch.zeros(len(train), 3), torch.zeros(len(train), 3)
         patch_grids: list[torch.Tensor] = [torch.empty(0)] * len(train)
@@ -177,7 +177,7 @@ class Runner:
         heads, patch_scorer, losses = fit_heads_and_scorer(  # timed as "training" and "fitting"
             patch_grids, normal_sample, training, scorer=config.SCORER, knn_bank_size=config.KNN_BANK_SIZE,
             knn_bank_sampling=config.KNN_BANK_SAMPLING, knn_shrinkage=config.KNN_SHRINKAGE,
-            knn_image_bank_size=config.KNN_IMAGE_BANK_SIZE,
+            knn_nuisance_weight=config.KNN_NUISANCE_WEIGHT, knn_image_bank_size=config.KNN_IMAGE_BANK_SIZE,
             heads=HeadSettings(rank, alpha, config.EPOCHS, config.LEARNING_RATE, config.BATCH_SIZE, config.SEED),
             device=self.device, progress=self.progress)
         with timing.stage("fitting"):

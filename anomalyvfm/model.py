@@ -35,13 +35,17 @@ from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, centred_grid, m
 # rerun only if all of them match.
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
-                  "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "KNN_IMAGE_BANK_SIZE", "CENTRE_MAPS")
+                  "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "KNN_NUISANCE_WEIGHT", "KNN_IMAGE_BANK_SIZE",
+                  "CENTRE_MAPS")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # What a saved model's numbers mean; raised whenever the same model would score differently. A model
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
 # 2: the image score became the peak patch distance above the image's median (was the top-1 % mean).
 # 3: a whitened kNN (KNN_SHRINKAGE < 1) scores images by a plain-cosine search of their own (KNN_IMAGE_BANK_SIZE).
 SCORING_VERSION = 3
+# Settings added since SCORING_VERSION was last raised, with the value that reproduces the models saved
+# before them: such a model is read as if it had been saved with that value (reused, not refitted).
+SETTINGS_ADDED = {"KNN_NUISANCE_WEIGHT": 0.0}
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.
 MIN_RELATIVE_SPREAD = 1e-3
@@ -134,6 +138,8 @@ def read_model_meta(folder: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PipelineError(f"{path} is empty or not valid JSON ({error}); refit the category with --FORCE=true "
                             "or delete its folder.") from None
+    if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
+        meta["settings"] = SETTINGS_ADDED | meta["settings"]
     problem = _meta_problem(meta)
     if problem:
         raise PipelineError(f"{path} is not a valid model description: {problem}; refit the category with "

@@ -6,7 +6,8 @@ tokens) both call ``fit_heads_and_scorer``, so a benchmark row is exactly what a
     normal patch grids [gh, gw, D] + synthetic tokens with labels -> heads (trained)
     -> Gaussian on heads(normal subsample)       (SCORER "mahalanobis")
     -> memory bank of heads(normal tokens)        (SCORER "knn", cosine 1-NN; a greedy coreset or random subsample,
-                                                   in the space whitened by the normal subsample's shrunk covariance;
+                                                   in the space whitened by the normal subsample's shrunk covariance
+                                                   plus the synthetic lighting and noise moves' scatter;
                                                    the image score's own plain search on the bank's first rows)
 """
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from anomalyvfm import timing
+from anomalyvfm.config import Config
 from anomalyvfm.heads import StackedLoRAHeads
 from anomalyvfm.scoring import Scorer, coreset_projection, fit_scorer, greedy_coreset, whitening_matrix
 from anomalyvfm.training import TrainingTokens, train_heads
@@ -76,15 +78,48 @@ def memory_bank(normal_grids: list[torch.Tensor], heads: StackedLoRAHeads, size:
     return heads.embed(bank)
 
 
+def uses_nuisance_moves(scorer: str, knn_shrinkage: float, knn_nuisance_weight: float) -> bool:
+    """Whether the patch scorer's metric takes the synthetic samples' nuisance moves (a whitened kNN that weighs them)."""
+    return scorer == "knn" and knn_shrinkage < 1 and knn_nuisance_weight > 0
+
+
+def needs_synthetic_samples(config: Config) -> bool:
+    """Whether ``config``'s fit uses synthetic samples: to train the heads, or for a whitened kNN's nuisance moves."""
+    return config.SYNTHETIC_SAMPLES > 0 and (config.EPOCHS > 0 or uses_nuisance_moves(
+        config.SCORER, config.KNN_SHRINKAGE, config.KNN_NUISANCE_WEIGHT))
+
+
+def nuisance_moves(training: TrainingTokens | None, heads: StackedLoRAHeads, limit: int, seed: int
+                   ) -> torch.Tensor | None:
+    """How the heads' embeddings of normal content move under the synthetic nuisances, ``[m, D]``:
+    ``heads(token) - heads(target)`` for the defect-free tokens (label 0) of the samples whose tokens differ
+    from their regular-light targets (the lighting and noise stages; a pose change is its own target).
+    A seeded subsample of at most ``limit`` (0: all); None when there are none.
+    """
+    if training is None or not len(training.tokens):
+        return None
+    rows = torch.nonzero((training.labels == 0) & (training.tokens != training.targets).any(dim=1)).flatten()
+    if not len(rows):
+        return None
+    if 0 < limit < len(rows):
+        generator = torch.Generator().manual_seed(seed)
+        rows = rows[torch.randperm(len(rows), generator=generator)[:limit].sort().values]
+    return heads.embed(training.tokens[rows].float()) - heads.embed(training.targets[rows].float())
+
+
 def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.Tensor, training: TrainingTokens | None,
                          *, scorer: str, knn_bank_size: int, knn_bank_sampling: str, knn_shrinkage: float,
-                         knn_image_bank_size: int, heads: HeadSettings, device: torch.device,
+                         knn_nuisance_weight: float, knn_image_bank_size: int, heads: HeadSettings, device: torch.device,
                          progress: bool = False) -> tuple[StackedLoRAHeads, Scorer, list[float]]:
     """Train the heads (when ``training`` is given and ``heads.epochs > 0``), then fit the patch scorer.
+
+    ``training``: the synthetic samples' tokens; the heads' training set and, for a whitened kNN, its
+    nuisance moves (``nuisance_moves``), so it is used even when ``heads.epochs`` is 0.
 
     ``normal_sample``: ``sample_tokens(normal_grids, MAX_FIT_TOKENS, seed)``, the Gaussian's fit tokens and
     the kNN's whitening sample (the caller also sizes the LoRA from it, so it is drawn once).
     ``knn_shrinkage``: the kNN metric's (``scoring.whitening_matrix``); 1 is plain cosine.
+    ``knn_nuisance_weight``: the weight of the nuisance moves' scatter in that metric (0: none).
     ``knn_image_bank_size``: with a whitened kNN, the image score's plain-cosine search runs against that
     many first rows of the bank (``scoring.NearestNeighbourScorer``; 0: on the maps' distances).
 
@@ -103,6 +138,10 @@ def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.
         if scorer == "mahalanobis":
             return model_heads, fit_scorer(scorer, model_heads.embed(normal_sample), bank_size=0, seed=heads.seed), losses
         bank = memory_bank(normal_grids, model_heads, knn_bank_size, knn_bank_sampling, heads.seed)
-        whitening = whitening_matrix(model_heads.embed(normal_sample), knn_shrinkage) if knn_shrinkage < 1 else None
+        whitening = None
+        if knn_shrinkage < 1:
+            moves = (nuisance_moves(training, model_heads, len(normal_sample), heads.seed)
+                     if uses_nuisance_moves(scorer, knn_shrinkage, knn_nuisance_weight) else None)
+            whitening = whitening_matrix(model_heads.embed(normal_sample), knn_shrinkage, moves, knn_nuisance_weight)
         return model_heads, fit_scorer(scorer, bank, bank_size=0, seed=heads.seed, whitening=whitening,
                                        image_bank_size=knn_image_bank_size), losses

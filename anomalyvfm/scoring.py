@@ -124,19 +124,30 @@ def _cosine_distances(features: torch.Tensor, bank: torch.Tensor,
     return torch.cat(out) if out else features.new_zeros(0)
 
 
-def whitening_matrix(features: torch.Tensor, shrinkage: float) -> torch.Tensor:
+def whitening_matrix(features: torch.Tensor, shrinkage: float, nuisance: torch.Tensor | None = None,
+                     nuisance_weight: float = 0.0) -> torch.Tensor:
     """``[d, d]`` map ``W = C^(-1/2)`` of the normal embeddings ``features`` ``[N, d]``, with their covariance
-    shrunk towards its mean eigenvalue: ``C = (1 - shrinkage) cov + shrinkage * mean(eig) I``.
+    shrunk towards its mean eigenvalue: ``C = (1 - shrinkage) S + shrinkage * mean(eig(S)) I``.
 
     In the mapped space the cosine kNN weighs directions by how little normal tokens vary along them (a
     Mahalanobis metric, Rippel et al.: the low-variance directions of normal data carry the anomaly
     signal), while the shrinkage keeps the near-empty directions from turning noise into distance.
     ``shrinkage`` 1 is the identity up to scale (plain cosine); it must be in (0, 1].
+
+    ``nuisance`` ``[M, d]``: how normal embeddings move under changes that are not defects (a token under
+    synthetic lighting or noise minus the same content's token in regular light). Their scatter
+    ``E[n n^T]`` is added to the covariance with ``nuisance_weight`` (``S = cov + w E[n n^T]``), so the
+    metric also counts those moves as normal variation instead of distance.
     """
     if not 0.0 < shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
-    sample = features.double()
-    eigenvalues, vectors = torch.linalg.eigh(torch.cov(sample.T))
+    if nuisance_weight < 0:
+        raise ValueError(f"nuisance_weight must be >= 0, got {nuisance_weight}")
+    covariance = torch.cov(features.double().T)
+    if nuisance is not None and len(nuisance) and nuisance_weight > 0:
+        moves = nuisance.double()
+        covariance = covariance + nuisance_weight * (moves.T @ moves) / len(moves)
+    eigenvalues, vectors = torch.linalg.eigh(covariance)
     eigenvalues = eigenvalues.clamp_min(0)
     shrunk = (1.0 - shrinkage) * eigenvalues + shrinkage * eigenvalues.mean()
     return (vectors @ torch.diag(shrunk.rsqrt()) @ vectors.T).float()

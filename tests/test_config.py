@@ -58,6 +58,8 @@ def test_a_near_miss_suggests_the_setting():
     ({"KNN_SHRINKAGE": 0.0}, r"KNN_SHRINKAGE must be in \(0, 1\]"),
     ({"KNN_SHRINKAGE": 1.5}, r"KNN_SHRINKAGE must be in \(0, 1\]"),
     ({"KNN_IMAGE_BANK_SIZE": -1}, "KNN_IMAGE_BANK_SIZE must be >= 0"),
+    ({"KNN_NUISANCE_WEIGHT": -0.5}, "KNN_NUISANCE_WEIGHT must be a finite number >= 0"),
+    ({"KNN_NUISANCE_WEIGHT": float("nan")}, "KNN_NUISANCE_WEIGHT must be a finite number >= 0"),
 ])
 def test_invalid_values_are_rejected(change, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -19,7 +19,7 @@ import anomaly_vfm_v11_lora as script
 import dataset_ad2
 from anomalyvfm import metrics, model_io
 from anomalyvfm.method import Method
-from anomalyvfm.model import SCORING_VERSION, anomalous_pixels
+from anomalyvfm.model import SCORING_VERSION, SETTINGS_ADDED, anomalous_pixels
 from anomalyvfm.pipeline import PipelineError, run
 from anomalyvfm.results import ResultsFolder
 
@@ -349,6 +349,23 @@ def test_a_result_of_an_older_scoring_version_is_refitted_not_reused(finished, t
     assert "widget: refitting, because" in caplog.text and "scores images differently" in caplog.text
     model_file = Path(finished.RESULTS_DIR) / "widget" / "model" / "model.json"
     assert json.loads(model_file.read_text())["scoring_version"] == SCORING_VERSION
+
+
+def test_a_model_saved_before_a_setting_was_added_is_read_with_the_value_it_was_fitted_with(finished, tiny_backbone,
+                                                                                            caplog):
+    assert finished.KNN_NUISANCE_WEIGHT == SETTINGS_ADDED["KNN_NUISANCE_WEIGHT"]  # the fit reproduces the older models
+    model_file = _edit_model_json(finished, lambda m: [m["settings"].pop(name) for name in SETTINGS_ADDED])
+    with caplog.at_level("INFO", logger="anomalyvfm"):
+        run(finished, backbone=tiny_backbone, progress=False)
+    assert "widget: finished earlier with the same settings and data; reusing" in caplog.text
+    assert "KNN_NUISANCE_WEIGHT" not in json.loads(model_file.read_text())["settings"]  # reused as it was
+    image = next((Path(finished.DATA_ROOT) / "widget" / "test_public" / "bad").glob("*.png"))
+    run(finished.replace(PREDICT=str(image), RESULTS_DIR=finished.RESULTS_DIR), backbone=tiny_backbone, progress=False)
+    # Another value is another model: refitted.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="anomalyvfm"):
+        run(finished.replace(KNN_NUISANCE_WEIGHT=1.0), backbone=tiny_backbone, progress=False)
+    assert "widget: refitting, because settings changed: KNN_NUISANCE_WEIGHT" in caplog.text
 
 
 def test_the_saved_model_does_not_choose_the_backbone(finished, tiny_backbone):

@@ -62,6 +62,29 @@ def test_whitening_matrix_whitens_the_shrunk_covariance(shrinkage):
             whitening_matrix(features, bad)
 
 
+def test_whitening_matrix_adds_the_nuisance_scatter_to_the_covariance():
+    features = _anisotropic(5000)
+    # Nuisance moves along the narrow axis 2 (as a lighting change that moves normal tokens off it).
+    moves = torch.randn(800, 3, generator=torch.Generator().manual_seed(2)) * torch.tensor([0.0, 0.0, 0.5])
+    whitening = whitening_matrix(features, 0.25, moves, 2.0).double()
+    scatter = 2.0 * moves.double().T @ moves.double() / len(moves)  # uncentred: a move's mean counts too
+    total = torch.cov(features.double().T) + scatter
+    shrunk = 0.75 * total + 0.25 * torch.linalg.eigvalsh(total).mean() * torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(whitening @ shrunk @ whitening, torch.eye(3, dtype=torch.float64), atol=1e-4, rtol=1e-4)
+    # Weight 0, or no moves, is the normal covariance alone.
+    torch.testing.assert_close(whitening_matrix(features, 0.25, moves, 0.0), whitening_matrix(features, 0.25))
+    torch.testing.assert_close(whitening_matrix(features, 0.25, moves[:0], 2.0), whitening_matrix(features, 0.25))
+    with pytest.raises(ValueError, match="nuisance_weight must be >= 0"):
+        whitening_matrix(features, 0.25, moves, -1.0)
+    # A step along the nuisance direction now costs less distance than before, relative to a step
+    # along the wide normal axis.
+    along_wide, along_narrow = torch.tensor([[10.0, 1.0, 0.0]]), torch.tensor([[10.0, 0.0, 1.0]])
+    normal_only = NearestNeighbourScorer.fit(features, whitening=whitening_matrix(features, 0.25))
+    with_moves = NearestNeighbourScorer.fit(features, whitening=whitening.float())
+    ratio = lambda scorer: scorer.distances(along_narrow).item() / scorer.distances(along_wide).item()
+    assert ratio(with_moves) < ratio(normal_only) / 2
+
+
 def test_whitened_knn_weighs_the_low_variance_direction_and_round_trips_through_its_state():
     normal = _anisotropic(4000)
     # Two queries the same Euclidean step (1.0) from the normal centre: along the wide axis (normal
