@@ -78,15 +78,10 @@ def memory_bank(normal_grids: list[torch.Tensor], heads: StackedLoRAHeads, size:
     return heads.embed(bank)
 
 
-def uses_nuisance_moves(scorer: str, knn_shrinkage: float, knn_nuisance_weight: float) -> bool:
-    """Whether the patch scorer's metric takes the synthetic samples' nuisance moves (a whitened kNN that weighs them)."""
-    return scorer == "knn" and knn_shrinkage < 1 and knn_nuisance_weight > 0
-
-
 def needs_synthetic_samples(config: Config) -> bool:
     """Whether ``config``'s fit uses synthetic samples: to train the heads, or for a whitened kNN's nuisance moves."""
-    return config.SYNTHETIC_SAMPLES > 0 and (config.EPOCHS > 0 or uses_nuisance_moves(
-        config.SCORER, config.KNN_SHRINKAGE, config.KNN_NUISANCE_WEIGHT))
+    whitened_with_moves = config.SCORER == "knn" and config.KNN_SHRINKAGE < 1 and config.KNN_NUISANCE_WEIGHT > 0
+    return config.SYNTHETIC_SAMPLES > 0 and (config.EPOCHS > 0 or whitened_with_moves)
 
 
 def nuisance_moves(training: TrainingTokens | None, heads: StackedLoRAHeads, limit: int, seed: int
@@ -140,8 +135,9 @@ def fit_heads_and_scorer(normal_grids: list[torch.Tensor], normal_sample: torch.
         bank = memory_bank(normal_grids, model_heads, knn_bank_size, knn_bank_sampling, heads.seed)
         whitening = None
         if knn_shrinkage < 1:
-            moves = (nuisance_moves(training, model_heads, len(normal_sample), heads.seed)
-                     if uses_nuisance_moves(scorer, knn_shrinkage, knn_nuisance_weight) else None)
+            moves = None
+            if knn_nuisance_weight > 0:
+                moves = nuisance_moves(training, model_heads, len(normal_sample), heads.seed)
             whitening = whitening_matrix(model_heads.embed(normal_sample), knn_shrinkage, moves, knn_nuisance_weight)
         return model_heads, fit_scorer(scorer, bank, bank_size=0, seed=heads.seed, whitening=whitening,
                                        image_bank_size=knn_image_bank_size), losses
