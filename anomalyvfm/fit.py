@@ -28,7 +28,7 @@ from anomalyvfm.backbone import FeatureExtractor, Features, ImageLoader, autocas
 from anomalyvfm.calibration import calibrate_thresholds
 from anomalyvfm.config import Config
 from anomalyvfm.evaluate import SKIPPED_KEY, map_path, write_scores_csv
-from anomalyvfm.illumination import IlluminationRange, channel_stats
+from anomalyvfm.illumination import IlluminationRange, light_stats
 from anomalyvfm.method import Method
 from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
@@ -80,9 +80,9 @@ class Runner:
     # -- backbone ---------------------------------------------------------------------------
     def features(self, paths: Sequence[Path], image_size: int, desc: str,
                  illumination: IlluminationRange | None = None, *, pixels: bool = False
-                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]]:
-        """Backbone features of images on disk, batch by batch: their indices, features, the per-channel
-        mean and std ``[B, 3]`` each of the decoded inputs (before ``illumination`` projects them) and,
+                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, ...], torch.Tensor | None]]:
+        """Backbone features of images on disk, batch by batch: their indices, features, the light
+        statistics of the decoded inputs (``illumination.light_stats``, before ``illumination`` projects them) and,
         with ``pixels``, those inputs as uint8 ``[B, 3, h, w]`` on the CPU (else None).
 
         An image that cannot be decoded is skipped: no batch holds it, and once the pass is over it
@@ -96,7 +96,7 @@ class Runner:
                 if batch is None:
                     break
                 indices, images = batch[0], batch[1]
-                yield indices, self._forward(images, illumination), channel_stats(images), batch[2] if pixels else None
+                yield indices, self._forward(images, illumination), light_stats(images), batch[2] if pixels else None
                 bar.update(len(indices))
         for path, reason in self.loader.unreadable:
             self.unreadable.setdefault(path, reason)
@@ -134,13 +134,13 @@ class Runner:
         config, paths = self.config, [s.path for s in train]
         synthesize = needs_synthetic_samples(config)
         cls_tokens = torch.zeros(len(train), self.extractor.dim)
-        means, stds = torch.zeros(len(train), 3), torch.zeros(len(train), 3)
+        means, stds, fields = torch.zeros(len(train), 3), torch.zeros(len(train), 3), torch.zeros(len(train), 3, 3)
         patch_grids: list[torch.Tensor] = [torch.empty(0)] * len(train)
         inputs: list[torch.Tensor] = [torch.empty(0)] * len(train)  # uint8 [3, h, w]: the synthetic samples' sources
         read: list[int] = []
-        for indices, features, (mean, std), pixels in self.features(paths, image_size, f"features train @{image_size}",
+        for indices, features, (mean, std, light_field), pixels in self.features(paths, image_size, f"features train @{image_size}",
                                                                    pixels=synthesize):
-            cls_tokens[indices], means[indices], stds[indices] = features.cls, mean, std
+            cls_tokens[indices], means[indices], stds[indices], fields[indices] = features.cls, mean, std, light_field
             for row, index in enumerate(indices):
                 patch_grids[index] = features.patches[row].half()  # half: train grids are the run's largest memory
                 if pixels is not None:
@@ -149,9 +149,9 @@ class Runner:
         if not read:
             raise dataset_ad2.DatasetError(f"{paths[0].parent} has no readable image; cannot fit a model.")
         read.sort()  # the readable images in their listing order, as if the others were not there
-        cls_tokens, means, stds = cls_tokens[read], means[read], stds[read]
+        cls_tokens, means, stds, fields = cls_tokens[read], means[read], stds[read], fields[read]
         patch_grids, inputs = [patch_grids[i] for i in read], [inputs[i] for i in read]
-        illumination = IlluminationRange.of(means, stds)
+        illumination = IlluminationRange.of(means, stds, fields)
         normal_sample = sample_tokens(patch_grids, MAX_FIT_TOKENS, config.SEED)
         rank, alpha = self.method.lora_shape(config, normal_sample)
         training = None

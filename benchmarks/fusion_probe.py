@@ -53,7 +53,7 @@ def main(cases: list[str]) -> int:
             synthetic = run_quality.synthetic_tokens(extractor, train, size, settings.SYNTHETIC_SAMPLES, settings.SEED)
         heads, knn, _, normal_sample = run_quality.fit_row(train, synthetic, settings)
         gaussian = GaussianScorer.fit(heads.embed(normal_sample), settings.SEED)
-        illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
+        illumination = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields)
         load = lambda i: to_input(dataset_ad2.load_image(validation.samples[i].path), validation.input_sizes[i])
         calibration = make_calibration_samples(load, len(validation.samples), CALIBRATION_PAIRS, settings.SEED)
         with torch.inference_mode():

@@ -187,7 +187,7 @@ def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens
         return TrainingTokens(**torch.load(file, weights_only=True))
     load = lambda i: to_input(dataset_ad2.load_image(train.samples[i].path), train.input_sizes[i])
     samples = make_synthetic_samples(load, len(train.samples), count, seed)
-    illumination = IlluminationRange.of(train.channel_mean, train.channel_std)  # as fit.Runner.fit_scale
+    illumination = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields)  # as fit.Runner.fit_scale
     training = training_tokens_of(samples, encoder(extractor, illumination), train.patches, extractor.patch_size)
     token_cache.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     torch.save(vars(training), file)

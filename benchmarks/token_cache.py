@@ -6,7 +6,8 @@ then costs seconds. The cache lives in ``benchmarks/.cache/`` (ignored by git).
 
 A cached split holds, per image in ``dataset_ad2`` order: the CLS token ``[D]``, the patch
 grid ``[gh, gw, D]`` (float16), the per-channel mean and std of the decoded network input
-``[3]`` each, the original size and the network input size. Train tokens are of the images as
+``[3]`` each and its light field ``[3, 3]`` (``anomalyvfm.illumination.light_stats``), the original
+size and the network input size. Train tokens are of the images as
 they are; validation and test tokens are of the images as the pipeline scores them: projected
 onto the training images' illumination range where they fall outside it (``anomalyvfm.illumination``),
 in the same pass. A split is keyed by its resolved folder, so a lighting-stressed copy whose
@@ -43,6 +44,7 @@ class SplitTokens:
     patches: list[torch.Tensor]            # [gh, gw, D] float16 each
     channel_mean: torch.Tensor             # [N, 3] of the decoded network input in [0, 1]
     channel_std: torch.Tensor              # [N, 3]
+    light_fields: torch.Tensor             # [N, 3, 3]
     original_sizes: list[tuple[int, int]]  # (H, W)
     input_sizes: list[tuple[int, int]]     # (h, w), multiples of the patch size
 
@@ -80,13 +82,13 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
         if tokens is None:
             start = time.perf_counter()
             tokens = _compute(extractor, samples, image_size, illumination, batch_size)
-            CACHE_DIR.mkdir(parents=True, exist_ok=True)
-            torch.save({"paths": [s.relative_path for s in samples], "cls": tokens.cls, "patches": tokens.patches,
-                        "channel_mean": tokens.channel_mean, "channel_std": tokens.channel_std,
-                        "original_sizes": tokens.original_sizes, "input_sizes": tokens.input_sizes}, file)
+            _save(file, tokens)
             log(f"cached {category} {split} @{image_size}: {len(samples)} images in {time.perf_counter() - start:.0f} s")
+        elif tokens.light_fields is None:  # cached before light fields were kept: one decode pass, no backbone
+            tokens.light_fields = _light_fields([s.path for s in samples], image_size, extractor.patch_size, batch_size)
+            _save(file, tokens)
         if split == "train":
-            illumination = IlluminationRange.of(tokens.channel_mean, tokens.channel_std)
+            illumination = IlluminationRange.of(tokens.channel_mean, tokens.channel_std, tokens.light_fields)
         else:
             outside = int((~illumination.targets(tokens.channel_mean, tokens.channel_std)[2]).sum())
             log(f"illumination: {outside} of {len(samples)} {split} images projected onto the training range")
@@ -94,34 +96,55 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
     return out
 
 
+def _save(file: Path, tokens: SplitTokens) -> None:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    torch.save({"paths": [s.relative_path for s in tokens.samples], "cls": tokens.cls, "patches": tokens.patches,
+                "channel_mean": tokens.channel_mean, "channel_std": tokens.channel_std,
+                "light_fields": tokens.light_fields, "original_sizes": tokens.original_sizes,
+                "input_sizes": tokens.input_sizes}, file)
+
+
 def _load(file: Path, samples: list[dataset_ad2.Sample]) -> SplitTokens | None:
+    """The cached split, or None; its ``light_fields`` are None in a file cached before they were kept."""
     if not file.is_file():
         return None
     stored = torch.load(file, weights_only=True)
     if stored["paths"] != [s.relative_path for s in samples]:
         return None
     return SplitTokens(samples, stored["cls"], stored["patches"], stored["channel_mean"], stored["channel_std"],
-                       [tuple(x) for x in stored["original_sizes"]], [tuple(x) for x in stored["input_sizes"]])
+                       stored.get("light_fields"), [tuple(x) for x in stored["original_sizes"]],
+                       [tuple(x) for x in stored["input_sizes"]])
+
+
+def _light_fields(paths: list[Path], image_size: int, patch_size: int, batch_size: int) -> torch.Tensor:
+    """``[N, 3, 3]`` light fields of the decoded network inputs, as ``_compute`` records them."""
+    from anomalyvfm.backbone import iterate_images
+    from anomalyvfm.illumination import field_coefficients
+
+    fields = torch.zeros(len(paths), 3, 3)
+    for indices, images in iterate_images(paths, image_size, patch_size, batch_size=batch_size, num_workers=1):
+        fields[indices] = field_coefficients(images)
+    return fields
 
 
 @torch.inference_mode()
 def _compute(extractor, samples: list[dataset_ad2.Sample], image_size: int, illumination, batch_size: int
              ) -> SplitTokens:
     from anomalyvfm.backbone import iterate_images, normalize, target_size
-    from anomalyvfm.illumination import channel_stats
+    from anomalyvfm.illumination import light_stats
 
     paths = [s.path for s in samples]
     sizes = [target_size(*dataset_ad2.image_size(p), image_size, extractor.patch_size) for p in paths]
     cls = torch.zeros(len(paths), extractor.dim)
     patches: list[torch.Tensor] = [torch.empty(0)] * len(paths)
-    means, stds = torch.zeros(len(paths), 3), torch.zeros(len(paths), 3)
+    means, stds, fields = torch.zeros(len(paths), 3), torch.zeros(len(paths), 3), torch.zeros(len(paths), 3, 3)
     for indices, images in iterate_images(paths, image_size, extractor.patch_size, batch_size=batch_size,
                                           num_workers=1):
-        means[indices], stds[indices] = channel_stats(images)
+        means[indices], stds[indices], fields[indices] = light_stats(images)
         if illumination is not None:
             images = illumination.apply(images)
         features = extractor(normalize(images))
         cls[indices] = features.cls
         for row, index in enumerate(indices):
             patches[index] = features.patches[row].half()
-    return SplitTokens(samples, cls, patches, means, stds, [dataset_ad2.image_size(p) for p in paths], sizes)
+    return SplitTokens(samples, cls, patches, means, stds, fields, [dataset_ad2.image_size(p) for p in paths], sizes)

@@ -28,7 +28,7 @@ def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_
     # Test images are scored as the pipeline scores them: projected onto the training illumination
     # range (the dark one is).
     train, test = tokens["train"], tokens["test_public"]
-    illumination = IlluminationRange.of(train.channel_mean, train.channel_std)
+    illumination = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields)
     outside = ~illumination.targets(test.channel_mean, test.channel_std)[2]
     assert outside.any()
     for index, sample in enumerate(test.samples):
@@ -45,3 +45,20 @@ def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_
     assert [line.split(":")[0] for line in logged if "cached" in line] == ["cached widget test_public @28"]
     assert len(copy["test_public"].samples) == 2 * len(test.samples)
     assert torch.equal(copy["train"].patches[0], train.patches[0])
+
+
+def test_a_split_cached_before_light_fields_were_kept_gets_them_without_a_backbone_pass(
+        tmp_path, monkeypatch, make_ad2_category, tiny_backbone):
+    monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
+    root = make_ad2_category(train=3, validation=1, test_good=1, test_bad=1, size=(28, 42))
+    extractor = FeatureExtractor(tiny_backbone, [1, 2])
+    first = token_cache.pipeline_tokens(extractor, str(root), "widget", "tiny", 28, [1, 2], log=lambda _: None)
+    (train_file,) = (tmp_path / "cache").glob("widget-28-train-*.pt")
+    stored = torch.load(train_file, weights_only=True)
+    del stored["light_fields"]  # as cached by an earlier version
+    torch.save(stored, train_file)
+    logged = []
+    again = token_cache.pipeline_tokens(extractor, str(root), "widget", "tiny", 28, [1, 2], log=logged.append)
+    assert not any("cached" in line for line in logged)  # no split recomputed: the other keys still match
+    torch.testing.assert_close(again["train"].light_fields, first["train"].light_fields)
+    assert "light_fields" in torch.load(train_file, weights_only=True)  # kept for the next call
