@@ -90,8 +90,10 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
         if split == "train":
             illumination = IlluminationRange.of(tokens.channel_mean, tokens.channel_std, tokens.light_fields)
         else:
-            outside = int((~illumination.targets(tokens.channel_mean, tokens.channel_std)[2]).sum())
-            log(f"illumination: {outside} of {len(samples)} {split} images projected onto the training range")
+            stats_outside = ~illumination.targets(tokens.channel_mean, tokens.channel_std)[2]
+            field_outside = illumination.field_excess(tokens.light_fields).flatten(1).any(-1)
+            log(f"illumination: {int(field_outside.sum())} of {len(samples)} {split} images outside the training "
+                f"range of light fields, {int(stats_outside.sum())} of channel statistics (before the field step)")
         out[split] = tokens
     return out
 
