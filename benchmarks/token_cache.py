@@ -44,7 +44,7 @@ class SplitTokens:
     patches: list[torch.Tensor]            # [gh, gw, D] float16 each
     channel_mean: torch.Tensor             # [N, 3] of the decoded network input in [0, 1]
     channel_std: torch.Tensor              # [N, 3]
-    light_fields: torch.Tensor             # [N, 3, 3]
+    light_fields: torch.Tensor | None      # [N, 3, 3]; None only while an older cache file is read
     original_sizes: list[tuple[int, int]]  # (H, W)
     input_sizes: list[tuple[int, int]]     # (h, w), multiples of the patch size
 
