@@ -42,7 +42,8 @@ PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
 # 2: the image score became the peak patch distance above the image's median (was the top-1 % mean).
 # 3: a whitened kNN (KNN_SHRINKAGE < 1) scores images by a plain-cosine search of their own (KNN_IMAGE_BANK_SIZE).
-SCORING_VERSION = 3
+# 4: the peak is the mean of the PEAK_PATCHES (3) highest patch distances (was the highest one).
+SCORING_VERSION = 4
 # Settings added since SCORING_VERSION was last raised, with the value that reproduces the models saved
 # before them: such a model is read as if it had been saved with that value (reused, not refitted).
 SETTINGS_ADDED = {"KNN_NUISANCE_WEIGHT": 0.0}

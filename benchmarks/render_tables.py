@@ -116,10 +116,11 @@ def quality_datasets(report: dict | None = None) -> str:
     if report is None:
         return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
     lines = [f"Backbone {_shown_path(report['backbone'])}, FEATURE_LAYERS {report['feature_layers']}, seed "
-             f"{report['seed']}, {report['machine']}, {report['date']}. Image score: the highest patch distance above the image's median "
-             "(`scoring.peak_score`) in rows measured with anomalyvfm 1.1.1 or later (with a whitened kNN since 1.2.0: of "
-             "the image score's own plain-cosine search, `KNN_IMAGE_BANK_SIZE`), the mean of the top 1 % patch "
-             "distances in rows measured before (the commit column says which); maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
+             f"{report['seed']}, {report['machine']}, {report['date']}. Image score: the peak patch distance above the image's median "
+             "(`scoring.peak_score`; with a whitened kNN since 1.2.0 of the image score's own plain-cosine search, "
+             "`KNN_IMAGE_BANK_SIZE`): the mean of the 3 highest patch distances in rows measured with anomalyvfm "
+             "1.4.0 or later, the highest one in rows measured with 1.1.1 to 1.3.0; the mean of the top 1 % patch "
+             "distances, uncentred, in rows measured before (the commit column says which); maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
              "the row that turns it off; SegF1 at validation mean + 3 std. `+lighting`: the dataset's "
              "lighting-stressed copy. train s: heads training; fit s: memory bank (coreset) or Gaussian fit; "
              "score s: distances of every validation and test patch; commit: the code the row was measured with.", "",

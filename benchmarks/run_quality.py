@@ -18,7 +18,7 @@ Rows: the current defaults of ``anomaly_vfm_v11_lora.py``; the same with untrain
 (``--EPOCHS=0``); the AnomalyDINO reference (cosine 1-NN against the FULL memory bank of raw
 tokens); and the candidates that decided the defaults (docs/Heads_and_Scoring.md). The
 stressed copies run ``STRESS_ROWS`` (the full bank would take hours there).
-Image score for every row: the highest patch distance above the image's median (``peak_score``), as the
+Image score for every row: the peak patch distance above the image's median (``peak_score``), as the
 product takes it (from the image score's own plain-cosine search where a whitened kNN has one,
 ``KNN_IMAGE_BANK_SIZE``). Maps: centred on the validation images' median patch distance as the
 product's (``CENTRE_MAPS``), except in the row that turns it off. SegF1 threshold: validation

@@ -41,7 +41,9 @@ def test_image_score_variants_on_a_hand_computed_grid():
     grid = torch.arange(200, dtype=torch.float32).view(10, 20)  # median (lower middle) 99
     assert top_percent_mean(grid) == (199 + 198) / 2  # 1 % of 200 values: the top two
     assert top_percent_mean(grid[:1, :5]) == 4.0  # never fewer than one value
-    assert [VARIANTS[name](grid) for name in VARIANTS] == [198.5, 198.5 - 99, 199.0, 199.0 - 99]
+    # top k - median: the mean of 199 .. 200-k is 199 - (k-1)/2
+    top_k = [199.0 - (k - 1) / 2 - 99 for k in (1, 2, 3, 4, 5, 6, 8)]
+    assert [VARIANTS[name](grid) for name in VARIANTS] == [198.5, 198.5 - 99, 199.0, *top_k, 198.0 - 99]
     assert [lighting_group(name) for name in ("regular", "shift_3", "underexposed")] == ["regular", "shift", "underexposed"]
 
 

@@ -7,7 +7,7 @@ import torch
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
 from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, map_median_of,
-                               peak_score, whitening_matrix)
+                               PEAK_PATCHES, peak_score, whitening_matrix)
 
 
 def test_gaussian_gives_training_points_low_and_an_outlier_high_distance():
@@ -175,17 +175,27 @@ def test_anomaly_map_blur_width_is_a_parameter(sigma):
     assert (result.max() >= anomaly_map(grid, input_size, original_size).max()) == (sigma == 0.0)
 
 
-def test_peak_score_is_the_maximum_above_the_median():
+def test_peak_score_is_the_mean_of_the_highest_patches_above_the_median():
     grid = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0], [0.5, 2.5, 3.5]])
-    assert peak_score(grid) == 9.0 - 3.0  # median of the nine values is 3.0
+    assert PEAK_PATCHES == 3
+    assert peak_score(grid) == (9.0 + 5.0 + 4.0) / 3 - 3.0  # median of the nine values is 3.0
     assert peak_score(grid + 10.0) == peak_score(grid)  # light raising every patch alike leaves it
+    # fewer patches than PEAK_PATCHES: all of them; the median of an even count is the lower middle value
+    assert peak_score(torch.tensor([[2.0, 6.0]])) == 4.0 - 2.0
 
 
-def test_peak_score_finds_one_defective_patch_that_a_top_percent_mean_dilutes():
+def test_peak_score_keeps_a_small_defect_that_a_top_percent_mean_dilutes():
     normal = torch.zeros(64, 64)
     defect = normal.clone()
-    defect[10, 10] = 1.0
+    defect[10, 10:13] = 1.0  # three of 4 096 patches; a top-1 % mean (41 patches) would give 3/41
     assert peak_score(defect) == 1.0 and peak_score(normal) == 0.0
+
+
+def test_peak_score_ranks_a_lone_spike_below_a_slightly_lower_defect_of_four_patches():
+    spike, defect = torch.zeros(64, 64), torch.zeros(64, 64)
+    spike[10, 10] = 1.0
+    defect[10:12, 10:12] = 0.9
+    assert peak_score(spike) < peak_score(defect) and spike.max() > defect.max()
 
 
 def _raw(grids: list[torch.Tensor], cls_distances: list[float]) -> RawScores:
@@ -194,12 +204,13 @@ def _raw(grids: list[torch.Tensor], cls_distances: list[float]) -> RawScores:
 
 
 def test_image_scores_are_peaks_standardised_on_validation_images():
-    validation = _raw([torch.tensor([[0.0, 1.0], [1.0, 3.0]]), torch.tensor([[0.0, 1.0], [1.0, 5.0]])], [1.0, 3.0])
-    fusion, problems = fit_fusion(validation)  # peaks 2 and 4 (the medians are both 1): mean 3, std 1
+    validation = _raw([torch.tensor([[0.0, 1.0], [1.0, 7.0]]), torch.tensor([[0.0, 1.0], [1.0, 13.0]])], [1.0, 3.0])
+    # peaks (7+1+1)/3 - 1 = 2 and (13+1+1)/3 - 1 = 4 (the medians are both 1): mean 3, std 1
+    fusion, problems = fit_fusion(validation)
     assert not problems
     assert (fusion.cls_mean, fusion.cls_std, fusion.patch_mean, fusion.patch_std) == (2.0, 1.0, 3.0, 1.0)
     scale = ScaleModel(224, None, None, None, None, fusion)
-    test = _raw([torch.tensor([[2.0, 2.0], [2.0, 8.0]])], [100.0])  # peak 6; v1.1 ignores the CLS distance
+    test = _raw([torch.tensor([[2.0, 2.0], [2.0, 20.0]])], [100.0])  # peak 8 - 2 = 6; v1.1 ignores the CLS distance
     np.testing.assert_allclose(fused_scores(Method(), [scale], [test]), [(6.0 - 3.0) / 1.0])
 
 
