@@ -5,9 +5,10 @@ Anomaly map: patch distances ``[gh, gw]`` -> centred on the validation images' m
 (``centred_grid``, with ``CENTRE_MAPS``) -> bilinear to the network input size -> Gaussian
 blur (sigma ``MAP_SIGMA`` input pixels) -> bilinear to the original ``[H, W]``.
 
-Image score: z-scores of the CLS token's distance and of the image's peak patch distance (the mean
-of its ``PEAK_PATCHES`` highest) above its own median (``peak_score``), each standardised with the validation (normal) images'
-statistics (``ScoreFusion``); the method combines them (v1.1: the peak term alone).
+Image score: z-scores of the CLS token's distance and of the image's peak patch distance (the
+mean of its ``PEAK_PATCHES`` highest) above its own median (``peak_score``), each standardised
+with the validation (normal) images' statistics (``ScoreFusion``); the method combines them
+(v1.1: the peak term alone).
 """
 
 from __future__ import annotations
