@@ -254,10 +254,10 @@ def _subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     return features[torch.randperm(len(features), generator=generator)[:limit].sort().values]
 
 
-def peak_score(patch_scores: torch.Tensor) -> float:
+def peak_score(patch_scores: torch.Tensor, patches: int = PEAK_PATCHES) -> float:
     """An image's peak patch distance above its own median patch distance (``[gh, gw]`` -> float).
 
-    The peak is the mean of the ``PEAK_PATCHES`` highest patch distances: near the maximum, as
+    The peak is the mean of the ``patches`` highest patch distances (all of them in a smaller grid): near the maximum, as
     PatchCore's image score, because AD 2's defects can cover a handful of patches of a 4 096-patch
     grid, which a mean over the top 1 % dilutes; a few patches rather than one, because a single
     patch spikes on noise and stray texture where a defect raises its neighbours too. Less the
@@ -266,7 +266,7 @@ def peak_score(patch_scores: torch.Tensor) -> float:
     (docs/Heads_and_Scoring.md).
     """
     flat = patch_scores.flatten()
-    peak = flat.topk(min(PEAK_PATCHES, flat.numel())).values.mean()
+    peak = flat.topk(min(patches, flat.numel())).values.mean()
     return float(peak - flat.median())
 
 

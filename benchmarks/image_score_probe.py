@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -38,18 +39,13 @@ def top_percent_mean(grid: torch.Tensor, fraction: float = 0.01) -> float:
     return float(flat.topk(max(1, int(round(fraction * flat.numel())))).values.mean())
 
 
-def top_patches_above_median(count: int) -> Callable[[torch.Tensor], float]:
-    """The mean of a grid's ``count`` highest values less its median; ``peak_score`` is this with ``PEAK_PATCHES``."""
-    return lambda grid: float(grid.flatten().topk(min(count, grid.numel())).values.mean() - grid.median())
-
-
 VARIANTS: dict[str, Callable[[torch.Tensor], float]] = {
     "top 1 % (before 1.1.1)": top_percent_mean,
     "top 1 % - median": lambda g: top_percent_mean(g) - float(g.median()),
     "max": lambda g: float(g.max()),
-    "max - median (1.1.1 to 1.3.0)": top_patches_above_median(1),
-    **{f"top {count} - median": top_patches_above_median(count) for count in (2, 3, 4, 5, 6, 8)},
-    f"peak_score (top {PEAK_PATCHES} - median, since 1.4.0)": peak_score,
+    "max - median (1.1.1 to 1.3.0)": partial(peak_score, patches=1),
+    **{f"top {count} - median" + (" (peak_score since 1.4.0)" if count == PEAK_PATCHES else ""):
+       partial(peak_score, patches=count) for count in (2, 3, 4, 5, 6, 8)},
 }
 
 

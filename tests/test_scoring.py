@@ -182,6 +182,7 @@ def test_peak_score_is_the_mean_of_the_highest_patches_above_the_median():
     assert peak_score(grid + 10.0) == peak_score(grid)  # light raising every patch alike leaves it
     # fewer patches than PEAK_PATCHES: all of them; the median of an even count is the lower middle value
     assert peak_score(torch.tensor([[2.0, 6.0]])) == 4.0 - 2.0
+    assert peak_score(grid, patches=1) == 9.0 - 3.0  # the single highest patch, as until 1.3.0
 
 
 def test_peak_score_keeps_a_small_defect_that_a_top_percent_mean_dilutes():
