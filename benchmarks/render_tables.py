@@ -147,9 +147,13 @@ def quality_datasets(report: dict | None = None) -> str:
         lines += ["", "AU-PRO@0.05 per lighting group of the stressed copies. Worst gap: the lowest group minus "
                   "the whole regular group; same scenes: the lowest of each group minus the regular-light images "
                   "of that group's own scenes (a copy that re-lights each scene once gives every group other "
-                  "scenes than the whole regular group; n/a where the row predates this column):", "",
-                  f"| dataset | size | row | {' | '.join(groups)} | worst gap | worst gap, same scenes |",
-                  "|---|---:|---|" + "---:|" * 6]
+                  "scenes than the whole regular group; n/a where the row predates this column). Image AUROC, all "
+                  "minus regular: over every test image of the copy minus over its regular-light ones, with the 95 % "
+                  "interval of a bootstrap that resamples scenes (`metrics.auroc_difference_interval`; n/a where the "
+                  "row predates it):", "",
+                  f"| dataset | size | row | {' | '.join(groups)} | worst gap | worst gap, same scenes "
+                  "| image AUROC, all minus regular |",
+                  "|---|---:|---|" + "---:|" * 7]
         for entry in stressed:
             by_group = entry["metrics"]["by_lighting"]
             values = [by_group.get(g, {}).get("au_pro_0.05", float("nan")) for g in groups]
@@ -157,8 +161,13 @@ def quality_datasets(report: dict | None = None) -> str:
                       for g in groups[1:] if SAME_SCENES_AU_PRO in by_group.get(g, {})]
             lines.append(f"| {entry['dataset']} | {entry['image_size']} | {entry['row']} | "
                          f"{' | '.join(fmt(v) for v in values)} | {fmt(min(values[1:]) - values[0])} | "
-                         f"{fmt(min(paired) if paired else None)} |")
+                         f"{fmt(min(paired) if paired else None)} | {_gap(entry['metrics'].get('image_auroc_gap'))} |")
     return "\n".join(lines)
+
+
+def _gap(gap: dict | None) -> str:
+    """``-0.062 [-0.101, -0.024]``: an ``auroc_difference_interval`` with its interval; n/a without one."""
+    return "n/a" if gap is None else f"{fmt(gap['difference'], 3)} [{fmt(gap['low'], 3)}, {fmt(gap['high'], 3)}]"
 
 
 def quality_summary(report: dict | None = None) -> str:

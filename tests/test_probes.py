@@ -1,4 +1,5 @@
-"""The probes' shared case parsing (benchmarks/run_quality.parse_case), the pooling probe's grid, the blur
+"""The probes' shared case parsing (benchmarks/run_quality.parse_case), the quality benchmark's pooled image
+AUROC gap, the pooling probe's grid, the blur
 probe's per-lighting AU-PRO and the image score probe's variants."""
 
 import sys
@@ -10,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from run_quality import parse_case  # noqa: E402
+from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
 from image_score_probe import VARIANTS, top_percent_mean  # noqa: E402
 from scale_probe import au_pro_by_group, pooled_grid  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
@@ -61,3 +62,14 @@ def test_blur_probe_reports_au_pro_per_lighting_group_with_the_shifts_as_one():
     assert au_pro_by_group(maps, masks, lightings) == (
         f" | regular {expected['regular']:.4f} overexposed {expected['overexposed']:.4f} shift {expected['shift']:.4f}")
     assert expected["regular"] == pytest.approx(1.0)
+
+
+def test_pooled_auroc_gap_is_all_images_minus_regular_and_absent_without_other_lights():
+    # Regular: good 0.1, bad 0.9 -> AUROC 1. Overexposed twins: good 0.8, bad 0.3 -> all six images:
+    # bad (0.9, 0.3) against good (0.1, 0.8): 0.9 beats both, 0.3 beats 0.1 -> 3 of 4 = 0.75.
+    scores, labels = np.array([0.1, 0.9, 0.8, 0.3]), np.array([0, 1, 0, 1])
+    lightings, scenes = ["regular", "regular", "overexposed", "overexposed"], ["000", "001", "000", "001"]
+    gap = pooled_auroc_gap(scores, labels, lightings, scenes)["image_auroc_gap"]
+    assert gap["difference"] == pytest.approx(0.75 - 1.0)
+    assert gap["low"] <= gap["difference"] <= gap["high"]
+    assert pooled_auroc_gap(scores[:2], labels[:2], lightings[:2], scenes[:2]) == {}  # regular light only

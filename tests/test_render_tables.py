@@ -47,10 +47,14 @@ def test_quality_json_rows_are_rendered_when_present():
     assert "| regular | 224 | v1.1 (default) | 1 | 0.8500 | 0.5100 | 0.7500 | 0.2800 |" in lines
     # The stressed copy's lighting groups, the worst group's gap to regular light (0.4 - 0.6), and the worst
     # gap to the same scenes in regular light (shift: 0.5 - 0.6; underexposed's is 0.4 - 0.43).
+    # Rows before the pooled image AUROC gap existed show n/a; with it, the difference and its interval.
     assert lines[-1] == ("| magtile_ad2+lighting | 224 | v1.1 (default) | 0.6000 | 0.5500 | 0.4000 | 0.5000 | -0.2000 "
-                         "| -0.1000 |")
+                         "| -0.1000 | n/a |")
+    report["results"][1]["metrics"]["image_auroc_gap"] = {"difference": -0.0625, "low": -0.11, "high": -0.0149,
+                                                          "resamples": 2000}
+    assert render_tables.quality_datasets(report).splitlines()[-1].endswith("| -0.1000 | -0.062 [-0.110, -0.015] |")
     del by_lighting["shift"][same], by_lighting["underexposed"][same], by_lighting["overexposed"][same]
-    assert render_tables.quality_datasets(report).splitlines()[-1].endswith("| -0.2000 | n/a |")  # older rows
+    assert render_tables.quality_datasets(report).splitlines()[-1].endswith("| -0.2000 | n/a | -0.062 [-0.110, -0.015] |")
 
 
 def test_docs_show_no_absolute_paths_of_the_measuring_machine():

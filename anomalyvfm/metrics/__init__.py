@@ -27,6 +27,9 @@
   grouping of ``dataset_ad2.lighting_group``), SegF1 per group when a pixel ``threshold`` is
   given, and with ``scenes`` the same on the regular-light images of each group's scenes
   (keys prefixed ``SAME_SCENES``).
+- ``auroc_difference_interval(scores, labels, first, second, clusters, ...)``: image AUROC of one
+  subset of the test images minus another's (e.g. all lighting-stressed images minus the regular
+  ones) and its percentile interval under a bootstrap that resamples scenes, not images.
 - ``UndefinedMetricWarning``: emitted, with the reason, whenever a metric is undefined for the
   data and returns NaN (no defective or no good images, constant maps, empty input).
 
@@ -36,12 +39,13 @@ upstream and raises ValueError naming the image.
 """
 
 from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, au_pro, au_pro_multi, normalised_pro_area, pro_curve
+from anomalyvfm.metrics.bootstrap import auroc_difference_interval
 from anomalyvfm.metrics.image_metrics import class_f1, f1_max, image_ap, image_auroc
 from anomalyvfm.metrics.lighting import SAME_SCENES, by_lighting
 from anomalyvfm.metrics.seg_f1 import seg_f1
 from anomalyvfm.metrics.thresholds import f1_optimal_threshold, mean_plus_k_std
 from anomalyvfm.metrics.undefined import UndefinedMetricWarning
 
-__all__ = ["DEFAULT_NUM_BINS", "SAME_SCENES", "UndefinedMetricWarning", "au_pro", "au_pro_multi", "by_lighting", "class_f1",
-           "f1_max", "f1_optimal_threshold", "image_ap", "image_auroc", "mean_plus_k_std", "normalised_pro_area",
-           "pro_curve", "seg_f1"]
+__all__ = ["DEFAULT_NUM_BINS", "SAME_SCENES", "UndefinedMetricWarning", "au_pro", "au_pro_multi",
+           "auroc_difference_interval", "by_lighting", "class_f1", "f1_max", "f1_optimal_threshold", "image_ap",
+           "image_auroc", "mean_plus_k_std", "normalised_pro_area", "pro_curve", "seg_f1"]
