@@ -3,8 +3,8 @@
     python benchmarks/render_tables.py           # rewrite every marked section
     python benchmarks/render_tables.py --check   # exit 1 if a document is out of date
 
-A table lives between ``<!-- table:NAME -->`` and ``<!-- /table -->`` in README.md,
-docs/README_ja.md and docs/Benchmark.md; everything between the markers is replaced by
+A table lives between ``<!-- table:NAME -->`` and ``<!-- /table -->`` in the ``DOCUMENTS`` (README.md,
+docs/README_ja.md, docs/Benchmark.md, ...); everything between the markers is replaced by
 TABLES[NAME] rendered from the JSON files beside this script:
 
 - latest.json (run_benchmark.py): speed, stages, memory, AD 2 scale, AU-PRO methods, rendered by
@@ -13,7 +13,8 @@ TABLES[NAME] rendered from the JSON files beside this script:
 - demo.json: the demo's measured wall time and numbers;
 - versions.json (compare_versions.py): v1.1-v1.4 side by side;
 - quality.json (run_quality.py): every dataset x image size x row of the quality benchmark;
-  its section says so when the file does not exist yet.
+  its section says so when the file does not exist yet;
+- paired_rows.json (compare_rows.py): two rows' differences with their bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DOCUMENTS = (REPO / "README.md", REPO / "docs" / "README_ja.md", REPO / "docs" / "Benchmark.md",
-             REPO / "docs" / "Heads_and_Scoring.md")
+             REPO / "docs" / "Heads_and_Scoring.md", REPO / "docs" / "Training_Objective.md")
 STRESS_SUFFIX = "+lighting"  # run_quality.py's name for a dataset's lighting-stressed copy
 # A lighting group's AU-PRO on the regular-light images of its scenes: anomalyvfm.metrics.SAME_SCENES + "au_pro_0.05"
 # (spelled out: rendering needs no metrics import).
@@ -198,10 +199,40 @@ def quality_summary(report: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def paired_cell(interval: dict) -> str:
+    """``+0.0041 [-0.0050, +0.0132]``: a ``metrics.bootstrap`` difference and its interval."""
+    return f"{interval['difference']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]"
+
+
+def paired_rows(report: dict | None = None) -> str:
+    """compare_rows.py's comparisons: per case both rows' AU-PRO@0.05 and image AUROC, the first minus the
+    second with its bootstrap interval, and the mean over the cases."""
+    report = report if report is not None else _load("paired_rows.json")
+    if report is None:
+        return "No `benchmarks/paired_rows.json` yet: run `python benchmarks/compare_rows.py`."
+    lines = []
+    for comparison in report["comparisons"]:
+        first, second = comparison["first"], comparison["second"]
+        lines += [f"`python benchmarks/compare_rows.py --first=\"{first}\" --second=\"{second}\" "
+                  f"{' '.join(e['case'] for e in comparison['cases'])}` (commit {comparison['commit']}, "
+                  f"{comparison['date']}, backbone {_shown_path(comparison['backbone'])}): first minus second, "
+                  f"{comparison['level']:.0%} interval of {comparison['resamples']} scene-bootstrap draws.", "",
+                  f"| case | scenes | AU-PRO@0.05 {first} | {second} | difference | image AUROC {first} | {second} "
+                  "| difference |", "|---|---:|---:|---:|---|---:|---:|---|"]
+        for entry in comparison["cases"]:
+            lines.append(f"| {entry['case']} | {entry['scenes']} | {fmt(entry['first']['au_pro_0.05'])} | "
+                         f"{fmt(entry['second']['au_pro_0.05'])} | {paired_cell(entry['au_pro_0.05'])} | "
+                         f"{fmt(entry['first']['image_auroc'])} | {fmt(entry['second']['image_auroc'])} | "
+                         f"{paired_cell(entry['image_auroc'])} |")
+        mean = comparison["mean"]
+        lines += [f"| mean | | | | {paired_cell(mean['au_pro_0.05'])} | | | {paired_cell(mean['image_auroc'])} |", ""]
+    return "\n".join(lines).rstrip("\n")
+
+
 TABLES: dict[str, Callable[[], str]] = {"quality-variants": quality_variants, "benchmark": benchmark,
                                         "seed-benchmark": seed_benchmark, "demo": demo,
                                         "versions": versions, "quality-datasets": quality_datasets,
-                                        "quality-summary": quality_summary}
+                                        "quality-summary": quality_summary, "paired-rows": paired_rows}
 
 
 def render(text: str) -> str:

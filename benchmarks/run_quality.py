@@ -195,44 +195,64 @@ def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens
     return training
 
 
-def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndarray | None],
-                 synthetic: TrainingTokens | None, settings) -> dict:
-    """Fit with ``settings`` on cached tokens, score validation and test, compute every metric.
+@dataclass
+class RowOutputs:
+    """What a row gives on cached tokens, as a run would write it: the validation and test images' anomaly
+    maps ``[H, W]`` at their original sizes (centred as the product's when ``CENTRE_MAPS``), the test images'
+    scores ``[N]``, the loss per epoch, and the seconds spent on patch distances and on maps."""
 
-    ``masks``: ``ground_truth_masks(tokens["test_public"])``, decoded once per dataset.
-    """
+    val_maps: list[np.ndarray]
+    test_maps: list[np.ndarray]
+    scores: np.ndarray
+    losses: list[float]
+    score_seconds: float
+    map_seconds: float
+
+
+def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingTokens | None, settings) -> RowOutputs:
+    """Fit with ``settings`` on cached tokens (``timing`` collects the fit's stages), score validation and test."""
     train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
     timing.reset()
     heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
     # Both splits get the image score's search too, as in a run (validation peaks feed the score fusion).
     val_grids, test_scored = scored_grids(heads, scorer, validation.patches).maps, scored_grids(heads, scorer, test.patches)
-    test_grids = test_scored.maps
     score_seconds = time.perf_counter() - start
+    scores = test_scored.peaks()
     start = time.perf_counter()
     # As fit.fit_category: maps centred on the validation images' median; image scores from the raw grids.
     reference = map_median_of(val_grids)
     centre = (lambda g: centred_grid(g, reference)) if settings.CENTRE_MAPS else (lambda g: g)
     val_maps = [anomaly_map(centre(g), s, o)
                 for g, s, o in zip(val_grids, validation.input_sizes, validation.original_sizes)]
-    test_maps = [anomaly_map(centre(g), s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
-    map_seconds = time.perf_counter() - start
+    test_maps = [anomaly_map(centre(g), s, o)
+                 for g, s, o in zip(test_scored.maps, test.input_sizes, test.original_sizes)]
+    return RowOutputs(val_maps, test_maps, scores, losses, score_seconds, time.perf_counter() - start)
+
+
+def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndarray | None],
+                 synthetic: TrainingTokens | None, settings) -> dict:
+    """Fit with ``settings`` on cached tokens, score validation and test (``row_outputs``), compute every metric.
+
+    ``masks``: ``ground_truth_masks(tokens["test_public"])``, decoded once per dataset.
+    """
+    test = tokens["test_public"]
+    out = row_outputs(tokens, synthetic, settings)
     labels = np.array([s.label for s in test.samples])
-    scores = test_scored.peaks()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        pro = metrics.au_pro_multi(test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)
-        threshold = metrics.mean_plus_k_std(val_maps)
+        pro = metrics.au_pro_multi(out.test_maps, masks, (0.05, 0.3), num_bins=PRO_BINS)
+        threshold = metrics.mean_plus_k_std(out.val_maps)
         lightings = [s.lighting for s in test.samples]
         scenes = [dataset_ad2.scene_of(s.relative_path) for s in test.samples]
-        groups = metrics.by_lighting(lightings, labels, scores, test_maps, masks, num_bins=PRO_BINS,
+        groups = metrics.by_lighting(lightings, labels, out.scores, out.test_maps, masks, num_bins=PRO_BINS,
                                      threshold=threshold, scenes=scenes)
-        return {"image_auroc": metrics.image_auroc(scores, labels), "image_ap": metrics.image_ap(scores, labels),
+        return {"image_auroc": metrics.image_auroc(out.scores, labels), "image_ap": metrics.image_ap(out.scores, labels),
                 "au_pro_0.05": pro[0.05], "au_pro_0.30": pro[0.3],
-                "seg_f1": metrics.seg_f1(test_maps, masks, threshold), "by_lighting": groups,
-                **pooled_auroc_gap(scores, labels, lightings, scenes),
+                "seg_f1": metrics.seg_f1(out.test_maps, masks, threshold), "by_lighting": groups,
+                **pooled_auroc_gap(out.scores, labels, lightings, scenes),
                 "train_seconds": timing.seconds["training"], "fit_seconds": timing.seconds["fitting"],
-                "score_seconds": score_seconds, "map_seconds": map_seconds, "losses": losses}
+                "score_seconds": out.score_seconds, "map_seconds": out.map_seconds, "losses": out.losses}
 
 
 def pooled_auroc_gap(scores: np.ndarray, labels: np.ndarray, lightings: list[str], scenes: list[str]) -> dict:
@@ -377,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def recorded_backbone(backbone: str) -> str:
+    """The backbone as the benchmarks' JSON files record it: a local folder relative to the repository (no
+    path of the measuring machine), a hub name as it is."""
+    return os.path.relpath(Path(backbone).resolve(), ROOT) if Path(backbone).exists() else backbone
+
+
 def save(output: Path, results: list[dict], backbone: str, defaults, row_order: list[str]) -> dict:
     """Write ``output`` (JSON) and its Markdown table beside it; rows of earlier runs (other datasets,
     sizes or rows) are kept, rerun ones replaced. Called after every row, so a stopped run keeps its rows."""
@@ -386,7 +412,7 @@ def save(output: Path, results: list[dict], backbone: str, defaults, row_order: 
         results = [e for e in earlier if (e["dataset"], e["image_size"], e["row"]) not in fresh] + results
     results = sorted(results, key=lambda e: (e["dataset"], e["image_size"],
                                              row_order.index(e["row"]) if e["row"] in row_order else len(row_order)))
-    report = {"backbone": os.path.relpath(Path(backbone).resolve(), ROOT) if Path(backbone).exists() else backbone,
+    report = {"backbone": recorded_backbone(backbone),
               "feature_layers": defaults.FEATURE_LAYERS, "seed": defaults.SEED,
               "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
               "date": time.strftime("%Y-%m-%d"), "results": results, "mean_rows": mean_rows(results)}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from anomalyvfm.metrics import UndefinedMetricWarning, auroc_difference_interval
-from anomalyvfm.metrics.bootstrap import weighted_aurocs
+from anomalyvfm.metrics import UndefinedMetricWarning, au_pro, auroc_difference_interval, paired_au_pro_interval, \
+    paired_auroc_interval
+from anomalyvfm.metrics.bootstrap import _ImageLevels, scene_weights, weighted_aurocs
 
 
 def test_weighted_auroc_by_hand():
@@ -87,3 +88,67 @@ def test_undefined_difference_warns_and_bad_arguments_raise():
         auroc_difference_interval(scores, labels, [True], [True, True], ["a", "b"])
     with pytest.raises(ValueError, match="level"):
         auroc_difference_interval(scores, labels, [True, True], [True, True], ["a", "b"], level=1.5)
+
+
+def _scene_data(seed=0, scenes=8, lights=2, size=6):
+    """Integer-valued maps (0..9) with square defects, ``lights`` images per scene; half the scenes defective."""
+    rng = np.random.default_rng(seed)
+    maps, masks, clusters = [], [], []
+    for scene in range(scenes):
+        mask = np.zeros((size, size), bool)
+        if scene % 2:
+            top, left = rng.integers(0, size - 2, 2)
+            mask[top:top + 2, left:left + 2] = True
+        for _ in range(lights):
+            values = rng.integers(0, 6, (size, size)).astype(np.float32)
+            values[mask] += rng.integers(0, 5, int(mask.sum()))
+            maps.append(np.minimum(values, 9))
+            masks.append(mask if mask.any() else None)
+            clusters.append(f"{scene:03d}")
+    maps[0][0, 0], maps[1][0, 1] = 0, 9  # the whole range 0..9 is present
+    return maps, masks, clusters
+
+
+def test_paired_au_pro_difference_is_the_difference_of_au_pros():
+    maps, masks, clusters = _scene_data()
+    other = [np.where(m > 3, m, 0).astype(np.float32) for m in maps]
+    result = paired_au_pro_interval(maps, other, masks, clusters, 0.3, num_bins=1000, resamples=50)
+    assert result["difference"] == pytest.approx(au_pro(maps, masks, 0.3, num_bins=1000)
+                                                 - au_pro(other, masks, 0.3, num_bins=1000))
+    same = paired_au_pro_interval(maps, maps, masks, clusters, 0.3, num_bins=1000, resamples=50)
+    assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+
+
+def test_paired_au_pro_draws_match_the_resampled_test_set_recomputed():
+    # Values 0..9 over 10 bins: every value has its own bin, so the binned AU-PRO of any draw equals the
+    # exact AU-PRO of that draw's images listed as often as their scene was drawn (the slow reference).
+    maps, masks, clusters = _scene_data(seed=3)
+    other = [np.flipud(m) for m in maps]
+    weights = scene_weights(clusters, 5, seed=7)
+    for levels_of, chosen_maps in ((_ImageLevels(maps, masks, 10), maps), (_ImageLevels(other, masks, 10), other)):
+        fast = levels_of.au_pros(weights, 0.3, chunk=2)
+        for row, draw in enumerate(weights):
+            repeated = [i for i, count in enumerate(draw) for _ in range(int(count))]
+            slow = au_pro([chosen_maps[i] for i in repeated], [masks[i] for i in repeated], 0.3)
+            assert fast[row] == pytest.approx(slow)
+
+
+def test_paired_auroc_matches_sklearn_on_each_draw():
+    rng = np.random.default_rng(2)
+    clusters = [f"{s}" for s in range(10) for _ in range(3)]
+    labels = np.array([s % 2 for s in range(10) for _ in range(3)])
+    first, second = labels + rng.normal(0, 0.7, 30), labels + rng.normal(0, 1.0, 30)
+    result = paired_auroc_interval(first, second, labels, clusters, resamples=200, seed=5)
+    assert result["difference"] == pytest.approx(roc_auc_score(labels, first) - roc_auc_score(labels, second))
+    weights = scene_weights(clusters, 200, seed=5)
+    draws = [roc_auc_score(labels, first, sample_weight=w) - roc_auc_score(labels, second, sample_weight=w)
+             for w in weights if len(set(labels[w > 0])) == 2]
+    assert (result["low"], result["high"]) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+    assert result["resamples"] == len(draws)
+
+
+def test_scene_weights_count_the_draws_per_scene():
+    weights = scene_weights(["b", "a", "b"], 300, seed=0)
+    assert weights.shape == (300, 3)
+    assert (weights[:, 0] == weights[:, 2]).all()  # both images of scene b come along together
+    assert (weights[:, 0] + weights[:, 1] == 2).all()  # two scenes drawn per resample

@@ -30,6 +30,9 @@
 - ``auroc_difference_interval(scores, labels, first, second, clusters, ...)``: image AUROC of one
   subset of the test images minus another's (e.g. all lighting-stressed images minus the regular
   ones) and its percentile interval under a bootstrap that resamples scenes, not images.
+- ``paired_auroc_interval(first_scores, second_scores, labels, clusters, ...)`` and
+  ``paired_au_pro_interval(first_maps, second_maps, masks, clusters, fpr_limit, ...)``: two methods
+  on the same test images, the first minus the second, with the same scene bootstrap interval.
 - ``UndefinedMetricWarning``: emitted, with the reason, whenever a metric is undefined for the
   data and returns NaN (no defective or no good images, constant maps, empty input).
 
@@ -39,7 +42,7 @@ upstream and raises ValueError naming the image.
 """
 
 from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, au_pro, au_pro_multi, normalised_pro_area, pro_curve
-from anomalyvfm.metrics.bootstrap import auroc_difference_interval
+from anomalyvfm.metrics.bootstrap import auroc_difference_interval, paired_au_pro_interval, paired_auroc_interval
 from anomalyvfm.metrics.image_metrics import class_f1, f1_max, image_ap, image_auroc
 from anomalyvfm.metrics.lighting import SAME_SCENES, by_lighting
 from anomalyvfm.metrics.seg_f1 import seg_f1
@@ -48,4 +51,5 @@ from anomalyvfm.metrics.undefined import UndefinedMetricWarning
 
 __all__ = ["DEFAULT_NUM_BINS", "SAME_SCENES", "UndefinedMetricWarning", "au_pro", "au_pro_multi",
            "auroc_difference_interval", "by_lighting", "class_f1", "f1_max", "f1_optimal_threshold", "image_ap",
-           "image_auroc", "mean_plus_k_std", "normalised_pro_area", "pro_curve", "seg_f1"]
+           "image_auroc", "mean_plus_k_std", "normalised_pro_area", "paired_au_pro_interval", "paired_auroc_interval",
+           "pro_curve", "seg_f1"]

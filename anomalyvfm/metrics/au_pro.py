@@ -26,7 +26,7 @@ Two ways to compute it, with the same curve code:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -97,26 +97,52 @@ def _bin_index(values: np.ndarray, low: float, high: float, num_bins: int) -> np
     return np.clip(index, 0, num_bins - 1, out=index)  # the maximum lands in the last bin
 
 
-def _binned_levels(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource], num_bins: int) -> _Levels:
+def _check_binning(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource], num_bins: int) -> None:
     if num_bins < 1:
         raise ValueError(f"num_bins must be a positive integer or None, got {num_bins}")
     check_lengths(anomaly_maps=anomaly_maps, gt_masks=gt_masks)
+
+
+def score_range(anomaly_maps: Sequence[MapSource]) -> tuple[float, float]:
+    """The lowest and highest score over all maps (one pass, one map at a time)."""
     low, high = np.inf, -np.inf
-    for _, values in iter_maps(anomaly_maps):  # pass 1: the global score range
+    for _, values in iter_maps(anomaly_maps):
         low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high
+
+
+def image_histograms(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource], num_bins: int,
+                     low: float, high: float) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Each test image's share of the streaming AU-PRO in ``num_bins`` equal bins over ``[low, high]``
+    (``score_range`` of all maps), one image at a time: ``(pixel counts [k], region pixel counts [k],
+    region pixel weights 1 / region size [k], number of regions)``. Summed over the images they are the
+    binned curve's levels; weighted sums are those of a resampled test set (``metrics.bootstrap``)."""
+    _check_binning(anomaly_maps, gt_masks, num_bins)
+    no_regions = np.zeros(num_bins, np.int64)
+    for _, values, mask in iter_pairs(anomaly_maps, gt_masks):
+        index = _bin_index(values, low, high, num_bins)
+        weights, count = _regions(mask)
+        if not count:
+            yield np.bincount(index, minlength=num_bins), no_regions, np.zeros(num_bins), 0
+            continue
+        in_region = index[mask.ravel()]
+        yield (np.bincount(index, minlength=num_bins), np.bincount(in_region, minlength=num_bins),
+               np.bincount(in_region, weights=weights, minlength=num_bins), count)
+
+
+def _binned_levels(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource], num_bins: int) -> _Levels:
+    _check_binning(anomaly_maps, gt_masks, num_bins)  # before the first pass over the maps
+    low, high = score_range(anomaly_maps)
     totals = np.zeros(num_bins, np.int64)
     region_counts = np.zeros(num_bins, np.int64)
     region_weights = np.zeros(num_bins)
     n_regions = 0
-    for _, values, mask in iter_pairs(anomaly_maps, gt_masks):  # pass 2: the histograms
-        index = _bin_index(values, low, high, num_bins)
-        totals += np.bincount(index, minlength=num_bins)
-        weights, count = _regions(mask)
-        if count:
-            in_region = index[mask.ravel()]
-            region_counts += np.bincount(in_region, minlength=num_bins)
-            region_weights += np.bincount(in_region, weights=weights, minlength=num_bins)
-            n_regions += count
+    for image_totals, image_region_counts, image_region_weights, count in image_histograms(
+            anomaly_maps, gt_masks, num_bins, low, high):
+        totals += image_totals
+        region_counts += image_region_counts
+        region_weights += image_region_weights
+        n_regions += count
     return _Levels(totals, region_counts, region_weights, n_regions, high == low)
 
 

@@ -1,0 +1,134 @@
+"""Is one row of the quality benchmark better than another, or is the difference noise?
+
+    python benchmarks/compare_rows.py tire_ad2@448 magtile_ad2@448
+    python benchmarks/compare_rows.py --first="v1.1 (default)" --second="v1.1 --EPOCHS=0" tire_ad2+lighting@448
+
+Both rows (``run_quality.ROWS``; default: the product against its untrained heads, issue 10's
+"training must earn its place") are fitted on the same cached tokens with the product's own code
+(``run_quality.row_outputs``) and score the same test images. Per case: AU-PRO@0.05 and image
+AUROC of each row, and the first minus the second with the 95 % interval of a bootstrap that
+resamples the test scenes (``metrics.paired_au_pro_draws`` / ``paired_auroc_draws``; a scene is
+one image, or on a lighting-stressed copy all lights of one image; 2 000 seeded draws). Then the
+mean over the cases, whose interval averages the cases' draws one by one (the cases' test sets
+are drawn independently). An interval that excludes 0 is a difference this test set can tell
+from noise; one that includes it is not.
+
+Writes ``benchmarks/paired_rows.json`` (a comparison of other rows or cases already there is
+kept, the same one replaced) and prints the table that docs/Training_Objective.md shows
+(``render_tables.py``, table ``paired-rows``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import anomaly_vfm_v11_lora as v11  # noqa: E402
+import dataset_ad2  # noqa: E402
+import render_tables  # noqa: E402
+import run_quality  # noqa: E402
+from provenance import code_commit  # noqa: E402
+from anomalyvfm import metrics  # noqa: E402
+from anomalyvfm.metrics.bootstrap import paired_au_pro_draws, paired_auroc_draws, percentile_interval  # noqa: E402
+from anomalyvfm.patch_model import needs_synthetic_samples  # noqa: E402
+
+OUTPUT = ROOT / "benchmarks" / "paired_rows.json"
+RESAMPLES = 2000
+SEED = 0
+LEVEL = 0.95
+
+
+def compare_case(extractor, backbone: str, case: str, first: str, second: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Both rows on one ``DATASET@SIZE`` case: ``(entry for paired_rows.json, {metric: bootstrap draws})``."""
+    dataset, size = run_quality.parse_case(case)
+    tokens = run_quality.case_tokens(extractor, backbone, dataset, size)
+    test = tokens["test_public"]
+    masks = run_quality.ground_truth_masks(test)
+    labels = np.array([s.label for s in test.samples])
+    scenes = [dataset_ad2.scene_of(s.relative_path) for s in test.samples]
+    defaults = v11.default_config().replace(IMAGE_SIZE=size)
+    outputs, synthetic = {}, None
+    for row in (first, second):
+        settings = defaults.replace(**run_quality.ROWS[row])
+        if needs_synthetic_samples(settings) and synthetic is None:
+            with torch.inference_mode():
+                synthetic = run_quality.synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
+                                                         settings.SEED)
+        outputs[row] = run_quality.row_outputs(tokens, synthetic, settings)
+    a, b = outputs[first], outputs[second]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        values = {row: {"au_pro_0.05": metrics.au_pro(out.test_maps, masks, 0.05, num_bins=run_quality.PRO_BINS),
+                        "image_auroc": metrics.image_auroc(out.scores, labels)} for row, out in outputs.items()}
+        draws = {"au_pro_0.05": paired_au_pro_draws(a.test_maps, b.test_maps, masks, scenes, 0.05,
+                                                    num_bins=run_quality.PRO_BINS, resamples=RESAMPLES, seed=SEED),
+                 "image_auroc": paired_auroc_draws(a.scores, b.scores, labels, scenes, resamples=RESAMPLES, seed=SEED)}
+    entry = {"case": case, "scenes": len(set(scenes)), "images": len(scenes), "first": values[first],
+             "second": values[second], **{name: percentile_interval(*found, LEVEL) for name, found in draws.items()}}
+    return entry, {name: found[1] for name, found in draws.items()}
+
+
+def mean_interval(entries: list[dict], draws: list[dict[str, np.ndarray]], metric: str) -> dict:
+    """The mean over the cases of ``metric``'s difference, its interval from the cases' draws averaged one by one."""
+    stacked = np.stack([d[metric] for d in draws])  # [cases, resamples]; NaN where a draw was undefined
+    return percentile_interval(float(np.mean([e[metric]["difference"] for e in entries])), stacked.mean(0), LEVEL)
+
+
+def save(comparison: dict, output: Path = OUTPUT) -> dict:
+    """Add ``comparison`` to ``output`` (replacing one of the same rows and cases) and write it."""
+    report = json.loads(output.read_text()) if output.is_file() else {"comparisons": []}
+    key = (comparison["first"], comparison["second"], [e["case"] for e in comparison["cases"]])
+    report["comparisons"] = [c for c in report["comparisons"]
+                             if (c["first"], c["second"], [e["case"] for e in c["cases"]]) != key] + [comparison]
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="+", help="DATASET@SIZE (a folder under ../shared/datasets, +lighting for "
+                        "its stressed copy)")
+    parser.add_argument("--first", default="v1.1 (default)")
+    parser.add_argument("--second", default="v1.1 --EPOCHS=0")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    unknown = [row for row in (args.first, args.second) if row not in run_quality.ROWS]
+    if unknown or args.first == args.second:
+        print(f"error: --first and --second must be two different rows of {list(run_quality.ROWS)}, got "
+              f"{args.first!r} and {args.second!r}", file=sys.stderr)
+        return 2
+    try:
+        _, extractor, backbone = run_quality.probe_setup(args.cases)  # every case checked before any work
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    start, commit = time.perf_counter(), code_commit()
+    entries, draws = [], []
+    for case in args.cases:
+        entry, found = compare_case(extractor, backbone, case, args.first, args.second)
+        entries.append(entry)
+        draws.append(found)
+        print(f"{case}: {render_tables.paired_cell(entry['au_pro_0.05'])} AU-PRO@0.05, "
+              f"{render_tables.paired_cell(entry['image_auroc'])} image AUROC", flush=True)
+    comparison = {"first": args.first, "second": args.second, "commit": commit, "date": time.strftime("%Y-%m-%d"),
+                  "backbone": run_quality.recorded_backbone(backbone), "resamples": RESAMPLES, "level": LEVEL,
+                  "seed": SEED, "cases": entries,
+                  "mean": {metric: mean_interval(entries, draws, metric) for metric in ("au_pro_0.05", "image_auroc")},
+                  "seconds": round(time.perf_counter() - start)}
+    print(render_tables.paired_rows(save(comparison, args.output)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
