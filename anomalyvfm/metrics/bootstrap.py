@@ -39,7 +39,7 @@ DEFAULT_RESAMPLES = 2000
 def weighted_aurocs(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUROC of ``scores`` ``[N]`` against ``labels`` ``[N]`` under each row of ``weights`` ``[R, N]``: ``[R]``.
 
-    A row without positive or without negative weight on either class gives NaN.
+    A row that gives no weight to the defective images, or none to the good ones, gives NaN.
     """
     order = np.argsort(scores, kind="stable")
     sorted_scores = scores[order]
@@ -168,7 +168,8 @@ def paired_au_pro_draws(first_maps: Sequence[MapSource], second_maps: Sequence[M
     and masks as for ``au_pro``), streaming with ``num_bins`` bins, and its value on each seeded draw of the
     scenes (``clusters`` ``[N]``): ``(difference, [resamples])``. The difference equals
     ``au_pro(first_maps, ...) - au_pro(second_maps, ...)`` at the same ``num_bins``; ``(NaN, [])`` where it
-    is undefined. Memory: 24 bytes per image and bin for each set of maps (20 000 bins, 1 000 images: 480 MB)."""
+    is undefined. Memory: up to 48 bytes per image and bin for each set of maps (20 000 bins, 1 000 images:
+    about 1 GB), 24 once its histograms are built."""
     check_lengths(first_maps=first_maps, second_maps=second_maps, gt_masks=gt_masks, clusters=clusters)
     difference = au_pro(first_maps, gt_masks, fpr_limit, num_bins=num_bins) \
         - au_pro(second_maps, gt_masks, fpr_limit, num_bins=num_bins)
