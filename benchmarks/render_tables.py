@@ -216,7 +216,7 @@ def paired_rows(report: dict | None = None) -> str:
         lines += [f"`python benchmarks/compare_rows.py --first=\"{first}\" --second=\"{second}\" "
                   f"{' '.join(e['case'] for e in comparison['cases'])}` (commit {comparison['commit']}, "
                   f"{comparison['date']}, backbone {_shown_path(comparison['backbone'])}): first minus second, "
-                  f"{comparison['level']:.0%} interval of {comparison['resamples']} scene-bootstrap draws.", "",
+                  f"{comparison['level'] * 100:.0f} % interval of {comparison['resamples']} scene-bootstrap draws.", "",
                   f"| case | scenes | AU-PRO@0.05 {first} | {second} | difference | image AUROC {first} | {second} "
                   "| difference |", "|---|---:|---:|---:|---|---:|---:|---|"]
         for entry in comparison["cases"]:
