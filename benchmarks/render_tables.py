@@ -168,7 +168,7 @@ def quality_datasets(report: dict | None = None) -> str:
 
 def _gap(gap: dict | None) -> str:
     """``-0.062 [-0.101, -0.024]``: an ``auroc_difference_interval`` with its interval; n/a without one."""
-    return "n/a" if gap is None else f"{fmt(gap['difference'], 3)} [{fmt(gap['low'], 3)}, {fmt(gap['high'], 3)}]"
+    return "n/a" if gap is None else paired_cell(gap, 3)
 
 
 def quality_summary(report: dict | None = None) -> str:
@@ -199,9 +199,10 @@ def quality_summary(report: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def paired_cell(interval: dict) -> str:
-    """``+0.0041 [-0.0050, +0.0132]``: a ``metrics.bootstrap`` difference and its interval."""
-    return f"{interval['difference']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]"
+def paired_cell(interval: dict, digits: int = 4) -> str:
+    """``+0.0041 [-0.0050, +0.0132]``: a ``metrics.bootstrap`` difference and its interval, signed."""
+    difference, low, high = (f"{interval[key]:+.{digits}f}" for key in ("difference", "low", "high"))
+    return f"{difference} [{low}, {high}]"
 
 
 def paired_rows(report: dict | None = None) -> str:

@@ -45,8 +45,9 @@ def weighted_aurocs(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray)
     sorted_scores = scores[order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # first position of each tie group
     positive = labels[order] == 1
-    bad = np.add.reduceat(weights[:, order] * positive, starts, axis=1)  # [R, groups]
-    good = np.add.reduceat(weights[:, order] * ~positive, starts, axis=1)
+    ordered = weights[:, order]
+    bad = np.add.reduceat(ordered * positive, starts, axis=1)  # [R, groups]
+    good = np.add.reduceat(ordered * ~positive, starts, axis=1)
     good_below = np.cumsum(good, axis=1) - good
     pairs = bad.sum(1) * good.sum(1)
     wins = (bad * (good_below + 0.5 * good)).sum(1)
