@@ -163,12 +163,15 @@ class Features:
     """Backbone outputs of a batch.
 
     cls: ``[B, D]``; patches: ``[B, gh, gw, D]``; attention: ``[B, gh, gw]`` CLS-to-patch
-    attention of the last block averaged over heads (only when requested), else None.
+    attention of the last block averaged over heads (only when requested), else None; saturated:
+    ``[B, gh, gw]`` share of each patch's input pixels clipped by the camera (``scoring.saturated_share``,
+    filled in by ``fit.Runner``, which sees the input before the illumination step), else None.
     """
 
     cls: torch.Tensor
     patches: torch.Tensor
     attention: torch.Tensor | None = None
+    saturated: torch.Tensor | None = None
 
 
 class FeatureExtractor(nn.Module):

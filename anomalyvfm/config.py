@@ -55,6 +55,7 @@ class Config:
     KNN_NUISANCE_WEIGHT: float
     KNN_IMAGE_BANK_SIZE: int
     CENTRE_MAPS: bool
+    DISCOUNT_SATURATED: bool
     RESULTS_DIR: str
     FORCE: bool
     EVALUATE_ONLY: bool

@@ -34,7 +34,7 @@ from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
                               fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens
-from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer, peak_score
+from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer, patch_grid, peak_score, saturated_share
 from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
 
@@ -104,11 +104,12 @@ class Runner:
     def _forward(self, images: torch.Tensor, illumination: IlluminationRange | None) -> Features:
         with timing.stage("backbone"), autocast(self.device):
             images = images.to(self.device)
+            saturated = saturated_share(images, self.extractor.patch_size).cpu()  # before the light is rescaled
             if illumination is not None:
                 images = illumination.apply(images)
             out = self.extractor(normalize(images))
         return Features(out.cls.float().cpu(), out.patches.float().cpu(),
-                        None if out.attention is None else out.attention.float().cpu())
+                        None if out.attention is None else out.attention.float().cpu(), saturated)
 
     def forward_tensors(self, images: Sequence[torch.Tensor], illumination: IlluminationRange | None) -> list[Features]:
         """Features of in-memory images ``[3, h, w]`` in [0, 1] (sizes may differ), one each."""
@@ -122,7 +123,7 @@ class Runner:
                 features = self._forward(torch.stack([images[i] for i in batch]), illumination)
                 for row, index in enumerate(batch):
                     attention = None if features.attention is None else features.attention[row]
-                    out[index] = Features(features.cls[row], features.patches[row], attention)
+                    out[index] = Features(features.cls[row], features.patches[row], attention, features.saturated[row])
         return out  # type: ignore[return-value]
 
     # -- fitting ----------------------------------------------------------------------------
@@ -217,7 +218,8 @@ class Runner:
             chunk = images[start:start + self.config.BATCH_SIZE]
             for index, features in enumerate(self.forward_tensors(chunk, scale.illumination), start):
                 attention = None if features.attention is None else features.attention[None]
-                self._score_batch(scale, [index], Features(features.cls[None], features.patches[None], attention), raw)
+                self._score_batch(scale, [index], Features(features.cls[None], features.patches[None], attention,
+                                                           features.saturated[None]), raw)
         return raw
 
     def _score_batch(self, scale: ScaleModel, indices: list[int], features: Features, raw: RawScores) -> None:
@@ -232,10 +234,13 @@ class Runner:
             if image_distances is not None:
                 image_distances = image_distances.reshape(batch, gh, gw)
             patch = self.extractor.patch_size
+            discount = self.config.DISCOUNT_SATURATED and features.saturated is not None
             for row, index in enumerate(indices):
                 raw.cls_distances[index] = float(cls_distance[row])
                 attention = None if features.attention is None else features.attention[row]
-                shaped = lambda grid: self.method.patch_distances(grid, float(cls_distance[row]), attention)
+                saturated = features.saturated[row] if discount else None
+                shaped = lambda grid: patch_grid(self.method.patch_distances(grid, float(cls_distance[row]), attention),
+                                                 saturated)
                 raw.grids[index] = shaped(distances[row])
                 raw.peaks[index] = peak_score(raw.grids[index] if image_distances is None else shaped(image_distances[row]))
                 raw.input_sizes[index] = (gh * patch, gw * patch)

@@ -36,7 +36,7 @@ from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, centred_grid, m
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
                   "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "KNN_NUISANCE_WEIGHT", "KNN_IMAGE_BANK_SIZE",
-                  "CENTRE_MAPS")
+                  "CENTRE_MAPS", "DISCOUNT_SATURATED")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # What a saved model's numbers mean; raised whenever the same model would score differently. A model
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
@@ -46,7 +46,7 @@ PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 SCORING_VERSION = 4
 # Settings added since SCORING_VERSION was last raised, with the value that reproduces the models saved
 # before them: such a model is read as if it had been saved with that value (reused, not refitted).
-SETTINGS_ADDED = {"KNN_NUISANCE_WEIGHT": 0.0}
+SETTINGS_ADDED = {"KNN_NUISANCE_WEIGHT": 0.0, "DISCOUNT_SATURATED": False}
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.
 MIN_RELATIVE_SPREAD = 1e-3

@@ -9,6 +9,11 @@ Image score: z-scores of the CLS token's distance and of the image's peak patch 
 mean of its ``PEAK_PATCHES`` highest) above its own median (``peak_score``), each standardised
 with the validation (normal) images' statistics (``ScoreFusion``); the method combines them
 (v1.1: the peak term alone).
+
+Saturated pixels (``DISCOUNT_SATURATED``): a patch whose pixels the camera clipped at its top
+level shows no surface there, only light, so its distance above the image's median counts in
+proportion to its pixels that are not clipped (``saturated_share``, ``discount_saturated``),
+in the map and in the image score alike.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ CHUNK = 16_384
 # Patches averaged into the image score's peak; 1 to 8 measured at 448 on both shared datasets and their
 # lighting-stressed copies (image_score_probe.py): 3 is best in the mean, regular and pooled (1.4.0; was 1).
 PEAK_PATCHES = 3
+# A network input value (in [0, 1]) at or above this in any channel counts as clipped by the camera:
+# a little below 1 because compression rings around a clipped highlight stay within a few levels of 255.
+SATURATION_LEVEL = 250 / 255
 
 
 class GaussianScorer:
@@ -268,6 +276,35 @@ def peak_score(patch_scores: torch.Tensor, patches: int = PEAK_PATCHES) -> float
     flat = patch_scores.flatten()
     peak = flat.topk(min(patches, flat.numel())).values.mean()
     return float(peak - flat.median())
+
+
+def saturated_share(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per patch, the share of its pixels clipped at the top (``SATURATION_LEVEL``) in any channel.
+
+    ``images`` ``[B, 3, h, w]`` in [0, 1], as decoded, before the illumination step (which rescales
+    clipped pixels below the level); h and w multiples of ``patch_size``. Returns ``[B, gh, gw]`` in [0, 1].
+    """
+    clipped = (images.amax(1, keepdim=True) >= SATURATION_LEVEL).float()
+    return F.avg_pool2d(clipped, patch_size)[:, 0]
+
+
+def discount_saturated(patch_scores: torch.Tensor, saturated: torch.Tensor) -> torch.Tensor:
+    """``[gh, gw]`` patch distances, each one's excess over the grid's median scaled by the share of its
+    pixels that are not saturated (``saturated`` ``[gh, gw]``, ``saturated_share``).
+
+    A fully clipped patch sits at the median: an overexposed highlight is no evidence of a defect
+    (on the shared datasets' lighting-stressed copies it was where good overexposed images peaked,
+    docs/Lighting_and_Thresholds.md). Values move towards the median, never past it, so the
+    median, and with it ``peak_score``'s and ``centred_grid``'s reference, is unchanged.
+    """
+    median = patch_scores.flatten().median()
+    return median + (patch_scores - median) * (1 - saturated.to(patch_scores.dtype))
+
+
+def patch_grid(patch_scores: torch.Tensor, saturated: torch.Tensor | None) -> torch.Tensor:
+    """An image's ``[gh, gw]`` patch distances as its map and score take them: ``discount_saturated`` by
+    ``saturated`` ``[gh, gw]``, or as they are when it is None (``DISCOUNT_SATURATED`` false)."""
+    return patch_scores if saturated is None else discount_saturated(patch_scores, saturated)
 
 
 def centred_grid(patch_scores: torch.Tensor, reference: float) -> torch.Tensor:

@@ -60,7 +60,7 @@ from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_i
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens  # noqa: E402
 from anomalyvfm.scoring import MAX_FIT_TOKENS, Scorer  # noqa: E402
-from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, peak_score  # noqa: E402
+from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, patch_grid, peak_score  # noqa: E402
 from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
@@ -74,6 +74,8 @@ STRESS_SUFFIX = render_tables.STRESS_SUFFIX  # one name, shared with the tables
 ROWS: dict[str, dict] = {
     "v1.1 (default)": {},
     "v1.1 --EPOCHS=0": {"EPOCHS": 0},
+    # Clipped highlights count as fully as any patch: the default until 1.5.0.
+    "v1.1 --DISCOUNT_SATURATED=false": {"DISCOUNT_SATURATED": False},
     # The whitening also spreads along the synthetic lighting and noise moves (heads trained, as the default).
     "v1.1 --KNN_NUISANCE_WEIGHT=1": {"KNN_NUISANCE_WEIGHT": 1.0},
     # Whitened maps, image score from the same whitened distances (no search of its own).
@@ -82,17 +84,18 @@ ROWS: dict[str, dict] = {
     "v1.1 --KNN_SHRINKAGE=1": {"KNN_SHRINKAGE": 1.0},
     "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0": {"KNN_SHRINKAGE": 1.0, "EPOCHS": 0},
     "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false": {"KNN_SHRINKAGE": 1.0, "CENTRE_MAPS": False},
-    # The AnomalyDINO references: plain cosine on the raw tokens.
-    "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0, "KNN_SHRINKAGE": 1.0},
+    # The AnomalyDINO references: plain cosine on the raw tokens, every patch counted as it is.
+    "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0, "KNN_SHRINKAGE": 1.0,
+                      "DISCOUNT_SATURATED": False},
     "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0,
-                            "KNN_SHRINKAGE": 1.0},
+                            "KNN_SHRINKAGE": 1.0, "DISCOUNT_SATURATED": False},
     "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset", "KNN_SHRINKAGE": 1.0},
     "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
     "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
 }
 
 
-STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --KNN_NUISANCE_WEIGHT=1", "v1.1 --KNN_IMAGE_BANK_SIZE=0",
+STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --DISCOUNT_SATURATED=false", "v1.1 --KNN_NUISANCE_WEIGHT=1", "v1.1 --KNN_IMAGE_BANK_SIZE=0",
                "v1.1 --KNN_SHRINKAGE=1", "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0", "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false",
                "Gaussian (untrained heads)", "Gaussian (trained heads)")
 STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
@@ -146,15 +149,23 @@ class Grids:
         return np.array([peak_score(grid) for grid in self.images])
 
 
-def scored_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Tensor]) -> Grids:
-    """``Grids`` of token grids ``[gh, gw, D]`` through ``heads`` and ``scorer`` (as ``fit.Runner._score_batch``)."""
+def scored_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Tensor],
+                 saturated: list[torch.Tensor] | None = None) -> Grids:
+    """``Grids`` of token grids ``[gh, gw, D]`` through ``heads`` and ``scorer`` (as ``fit.Runner._score_batch``),
+    discounted by each image's ``saturated`` shares ``[gh, gw]`` when given (``DISCOUNT_SATURATED``)."""
     maps, images = [], []
-    for grid in patches:
+    for index, grid in enumerate(patches):
+        share = None if saturated is None else saturated[index]
         embedded = heads.embed(grid.reshape(-1, grid.shape[-1]))
-        maps.append(scorer.distances(embedded).reshape(grid.shape[:2]))
+        maps.append(patch_grid(scorer.distances(embedded).reshape(grid.shape[:2]), share))
         image_distances = scorer.image_distances(embedded)
-        images.append(maps[-1] if image_distances is None else image_distances.reshape(grid.shape[:2]))
+        images.append(maps[-1] if image_distances is None else patch_grid(image_distances.reshape(grid.shape[:2]), share))
     return Grids(maps, images)
+
+
+def saturation(split: token_cache.SplitTokens, settings) -> list[torch.Tensor] | None:
+    """The split's saturated shares when the row discounts them (``DISCOUNT_SATURATED``), else None."""
+    return split.saturated if settings.DISCOUNT_SATURATED else None
 
 
 def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
@@ -168,8 +179,8 @@ def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.Spli
                                          settings.SEED)
     heads, scorer, _, _ = fit_row(tokens["train"], synthetic, settings)
     with torch.inference_mode():
-        return (scored_grids(heads, scorer, tokens["validation"].patches),
-                scored_grids(heads, scorer, tokens["test_public"].patches))
+        return (scored_grids(heads, scorer, tokens["validation"].patches, saturation(tokens["validation"], settings)),
+                scored_grids(heads, scorer, tokens["test_public"].patches, saturation(tokens["test_public"], settings)))
 
 
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
@@ -216,7 +227,8 @@ def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingT
     heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
     # Both splits get the image score's search too, as in a run (validation peaks feed the score fusion).
-    val_grids, test_scored = scored_grids(heads, scorer, validation.patches).maps, scored_grids(heads, scorer, test.patches)
+    val_grids = scored_grids(heads, scorer, validation.patches, saturation(validation, settings)).maps
+    test_scored = scored_grids(heads, scorer, test.patches, saturation(test, settings))
     score_seconds = time.perf_counter() - start
     scores = test_scored.peaks()
     start = time.perf_counter()

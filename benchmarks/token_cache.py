@@ -6,7 +6,8 @@ then costs seconds. The cache lives in ``benchmarks/.cache/`` (ignored by git).
 
 A cached split holds, per image in ``dataset_ad2`` order: the CLS token ``[D]``, the patch
 grid ``[gh, gw, D]`` (float16), the per-channel mean and std of the decoded network input
-``[3]`` each and its light field ``[3, 3]`` (``anomalyvfm.illumination.light_stats``), the original
+``[3]`` each and its light field ``[3, 3]`` (``anomalyvfm.illumination.light_stats``), the share of each
+patch's pixels clipped at the top ``[gh, gw]`` (``anomalyvfm.scoring.saturated_share``), the original
 size and the network input size. Train tokens are of the images as
 they are; validation and test tokens are of the images as the pipeline scores them: projected
 onto the training images' illumination range where they fall outside it (``anomalyvfm.illumination``),
@@ -47,6 +48,7 @@ class SplitTokens:
     light_fields: torch.Tensor | None      # [N, 3, 3]; None only while an older cache file is read
     original_sizes: list[tuple[int, int]]  # (H, W)
     input_sizes: list[tuple[int, int]]     # (h, w), multiples of the patch size
+    saturated: list[torch.Tensor] | None = None  # [gh, gw] each, of the input as decoded; None only while an older file is read
 
 
 def _digest(*parts: object) -> str:
@@ -84,8 +86,9 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
             tokens = _compute(extractor, samples, image_size, illumination, batch_size)
             _save(file, tokens)
             log(f"cached {category} {split} @{image_size}: {len(samples)} images in {time.perf_counter() - start:.0f} s")
-        elif tokens.light_fields is None:  # cached before light fields were kept: one decode pass, no backbone
-            tokens.light_fields = _light_fields([s.path for s in samples], image_size, extractor.patch_size, batch_size)
+        elif tokens.light_fields is None or tokens.saturated is None:  # cached before they were kept: one decode
+            tokens.light_fields, tokens.saturated = _decoded_extras(   # pass, no backbone
+                [s.path for s in samples], image_size, extractor.patch_size, batch_size)
             _save(file, tokens)
         if split == "train":
             illumination = IlluminationRange.of(tokens.channel_mean, tokens.channel_std, tokens.light_fields)
@@ -103,11 +106,11 @@ def _save(file: Path, tokens: SplitTokens) -> None:
     torch.save({"paths": [s.relative_path for s in tokens.samples], "cls": tokens.cls, "patches": tokens.patches,
                 "channel_mean": tokens.channel_mean, "channel_std": tokens.channel_std,
                 "light_fields": tokens.light_fields, "original_sizes": tokens.original_sizes,
-                "input_sizes": tokens.input_sizes}, file)
+                "input_sizes": tokens.input_sizes, "saturated": tokens.saturated}, file)
 
 
 def _load(file: Path, samples: list[dataset_ad2.Sample]) -> SplitTokens | None:
-    """The cached split, or None; its ``light_fields`` are None in a file cached before they were kept."""
+    """The cached split, or None; its ``light_fields`` or ``saturated`` are None in a file cached before they were kept."""
     if not file.is_file():
         return None
     stored = torch.load(file, weights_only=True)
@@ -115,18 +118,24 @@ def _load(file: Path, samples: list[dataset_ad2.Sample]) -> SplitTokens | None:
         return None
     return SplitTokens(samples, stored["cls"], stored["patches"], stored["channel_mean"], stored["channel_std"],
                        stored.get("light_fields"), [tuple(x) for x in stored["original_sizes"]],
-                       [tuple(x) for x in stored["input_sizes"]])
+                       [tuple(x) for x in stored["input_sizes"]], stored.get("saturated"))
 
 
-def _light_fields(paths: list[Path], image_size: int, patch_size: int, batch_size: int) -> torch.Tensor:
-    """``[N, 3, 3]`` light fields of the decoded network inputs, as ``_compute`` records them."""
+def _decoded_extras(paths: list[Path], image_size: int, patch_size: int, batch_size: int
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Light fields ``[N, 3, 3]`` and saturated shares (``[gh, gw]`` each) of the decoded network inputs,
+    as ``_compute`` records them."""
     from anomalyvfm.backbone import iterate_images
     from anomalyvfm.illumination import field_coefficients
+    from anomalyvfm.scoring import saturated_share
 
     fields = torch.zeros(len(paths), 3, 3)
+    saturated: list[torch.Tensor] = [torch.empty(0)] * len(paths)
     for indices, images in iterate_images(paths, image_size, patch_size, batch_size=batch_size, num_workers=1):
         fields[indices] = field_coefficients(images)
-    return fields
+        for row, index in enumerate(indices):
+            saturated[index] = saturated_share(images[row:row + 1], patch_size)[0]
+    return fields, saturated
 
 
 @torch.inference_mode()
@@ -134,19 +143,24 @@ def _compute(extractor, samples: list[dataset_ad2.Sample], image_size: int, illu
              ) -> SplitTokens:
     from anomalyvfm.backbone import iterate_images, normalize, target_size
     from anomalyvfm.illumination import light_stats
+    from anomalyvfm.scoring import saturated_share
 
     paths = [s.path for s in samples]
     sizes = [target_size(*dataset_ad2.image_size(p), image_size, extractor.patch_size) for p in paths]
     cls = torch.zeros(len(paths), extractor.dim)
     patches: list[torch.Tensor] = [torch.empty(0)] * len(paths)
+    saturated: list[torch.Tensor] = [torch.empty(0)] * len(paths)
     means, stds, fields = torch.zeros(len(paths), 3), torch.zeros(len(paths), 3), torch.zeros(len(paths), 3, 3)
     for indices, images in iterate_images(paths, image_size, extractor.patch_size, batch_size=batch_size,
                                           num_workers=1):
         means[indices], stds[indices], fields[indices] = light_stats(images)
+        shares = saturated_share(images, extractor.patch_size)
         if illumination is not None:
             images = illumination.apply(images)
         features = extractor(normalize(images))
         cls[indices] = features.cls
         for row, index in enumerate(indices):
             patches[index] = features.patches[row].half()
-    return SplitTokens(samples, cls, patches, means, stds, fields, [dataset_ad2.image_size(p) for p in paths], sizes)
+            saturated[index] = shares[row]
+    return SplitTokens(samples, cls, patches, means, stds, fields, [dataset_ad2.image_size(p) for p in paths], sizes,
+                       saturated)

@@ -16,7 +16,10 @@ import anomaly_vfm_v11_lora as script
 import dataset_ad2
 from anomalyvfm import metrics, model_io
 from anomalyvfm.model import CategoryModel
+from anomalyvfm.fit import Runner
+from anomalyvfm.method import Method
 from anomalyvfm.pipeline import PipelineError, run
+from anomalyvfm.scoring import discount_saturated
 
 METRIC_KEYS = {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "by_lighting",
                "n_train", "n_test_good", "n_test_bad", "seconds", "seg_f1_baseline_rule", "class_f1_baseline_rule",
@@ -91,6 +94,23 @@ def test_trained_heads_detect_demo_defects(finished_run):
     # Even a tiny random backbone at 4x7 patches ranks the demo's defects above chance (deterministic:
     # seeded); the quality check with a real backbone is tests/test_integration_shared.py.
     assert np.mean([m["image_auroc"] for m in metrics.values()]) > 0.6
+
+
+def test_a_clipped_highlight_counts_in_proportion_to_its_unclipped_pixels_in_map_and_score(finished_run, tiny_backbone):
+    config = finished_run[0]
+    model = CategoryModel.load(Path(config.RESULTS_DIR) / config.CATEGORIES[0] / "model")
+    image = torch.rand(3, 56, 84, generator=torch.Generator().manual_seed(0)) * 0.8
+    image[:, :14, :14] = 1.0     # patch (0, 0): every pixel clipped
+    image[:, 14:21, 14:28] = 1.0  # patch (1, 1): half of them
+    share = torch.zeros(4, 6)
+    share[0, 0], share[1, 1] = 1.0, 0.5
+    grids = {}
+    for discount in (False, True):
+        with Runner(config.replace(DISCOUNT_SATURATED=discount), Method(), backbone=tiny_backbone, progress=False) as runner:
+            raw = runner.raw_scores_of_images(model.scales[0], [image])
+        grids[discount] = raw.grids[0]
+    torch.testing.assert_close(grids[True], discount_saturated(grids[False], share))
+    assert float(grids[True][0, 0]) == float(grids[False].median())
 
 
 def test_same_seed_gives_identical_scores(finished_run, tiny_backbone, tmp_path):

@@ -354,7 +354,7 @@ def test_a_result_of_an_older_scoring_version_is_refitted_not_reused(finished, t
 def test_a_model_saved_before_a_setting_was_added_is_read_with_the_value_it_was_fitted_with(finished, tiny_backbone,
                                                                                             caplog):
     assert finished.KNN_NUISANCE_WEIGHT == SETTINGS_ADDED["KNN_NUISANCE_WEIGHT"]  # the fit reproduces the older models
-    model_file = _edit_model_json(finished, lambda m: [m["settings"].pop(name) for name in SETTINGS_ADDED])
+    model_file = _edit_model_json(finished, lambda m: m["settings"].pop("KNN_NUISANCE_WEIGHT"))
     with caplog.at_level("INFO", logger="anomalyvfm"):
         run(finished, backbone=tiny_backbone, progress=False)
     assert "widget: finished earlier with the same settings and data; reusing" in caplog.text
@@ -366,6 +366,17 @@ def test_a_model_saved_before_a_setting_was_added_is_read_with_the_value_it_was_
     with caplog.at_level("INFO", logger="anomalyvfm"):
         run(finished.replace(KNN_NUISANCE_WEIGHT=1.0), backbone=tiny_backbone, progress=False)
     assert "widget: refitting, because settings changed: KNN_NUISANCE_WEIGHT" in caplog.text
+
+
+def test_a_model_saved_before_saturated_patches_were_discounted_predicts_as_before_and_is_refitted_on_rerun(
+        finished, tiny_backbone, caplog):
+    assert finished.DISCOUNT_SATURATED != SETTINGS_ADDED["DISCOUNT_SATURATED"]  # today's default differs from then
+    _edit_model_json(finished, lambda m: m["settings"].pop("DISCOUNT_SATURATED"))
+    image = next((Path(finished.DATA_ROOT) / "widget" / "test_public" / "bad").glob("*.png"))
+    run(finished.replace(PREDICT=str(image)), backbone=tiny_backbone, progress=False)  # scored as fitted, not refused
+    with caplog.at_level("INFO", logger="anomalyvfm"):
+        run(finished, backbone=tiny_backbone, progress=False)
+    assert "widget: refitting, because settings changed: DISCOUNT_SATURATED" in caplog.text
 
 
 def test_the_saved_model_does_not_choose_the_backbone(finished, tiny_backbone):

@@ -6,7 +6,8 @@ import torch
 
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
-from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, map_median_of,
+from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, discount_saturated,
+                               map_median_of, patch_grid, saturated_share,
                                PEAK_PATCHES, peak_score, whitening_matrix)
 
 
@@ -239,3 +240,29 @@ def test_full_size_maps_are_centred_on_the_validation_median_only_when_asked():
         after = full_size_map([scale], [raw], index, (112, 168))
         # Upsampling and blur are linear with unit gain: the map moves by the grid's shift, to float16 precision.
         np.testing.assert_allclose(after - before, scale.map_median - float(grid.median()), atol=2e-2)
+
+
+def test_saturated_share_counts_pixels_clipped_in_any_channel_per_patch():
+    images = torch.full((2, 3, 28, 42), 0.5)
+    images[0, :, :14, :14] = 1.0                    # patch (0, 0) fully clipped
+    images[0, 2, 14:21, 28:42] = 250 / 255          # half of patch (1, 2), one channel at the level
+    images[0, :, 14:28, 14:28] = 249 / 255          # patch (1, 1) just below the level: not clipped
+    images[1, 1, 0, 0] = 1.0                        # one pixel of 196
+    share = saturated_share(images, 14)
+    expected = torch.zeros(2, 2, 3)
+    expected[0, 0, 0], expected[0, 1, 2], expected[1, 0, 0] = 1.0, 0.5, 1 / 196
+    torch.testing.assert_close(share, expected)
+
+
+def test_discounting_saturated_patches_scales_their_excess_over_the_median_by_the_unclipped_share():
+    grid = torch.tensor([[1.0, 2.0, 3.0], [4.0, 10.0, 6.0]])  # torch's median of six values: the lower middle, 3
+    saturated = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.5]])
+    expected = torch.tensor([[1.0, 2.0, 3.0], [4.0, 3.0, 4.5]])  # 10 -> 3 (fully clipped), 6 -> 3 + 3 * 0.5
+    torch.testing.assert_close(discount_saturated(grid, saturated), expected)
+    # The median, the reference of the image score and of the centred maps, does not move.
+    noisy = torch.rand(7, 9, generator=torch.Generator().manual_seed(1))
+    clipped = torch.rand(7, 9, generator=torch.Generator().manual_seed(2))
+    assert float(discount_saturated(noisy, clipped).median()) == float(noisy.median())
+    assert patch_grid(grid, None) is grid and torch.equal(patch_grid(grid, saturated), expected)
+    # Below the median a clipped patch rises to it: a clipped patch is no evidence either way.
+    assert float(discount_saturated(torch.tensor([[0.0, 5.0, 6.0]]), torch.tensor([[1.0, 0.0, 0.0]]))[0, 0]) == 5.0

@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -13,6 +14,7 @@ import lighting_stress  # noqa: E402
 import token_cache  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, normalize, to_input  # noqa: E402
 from anomalyvfm.illumination import IlluminationRange  # noqa: E402
+from anomalyvfm.scoring import saturated_share  # noqa: E402
 
 
 def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_copy(
@@ -20,7 +22,9 @@ def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_
     monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
     root = make_ad2_category(train=3, validation=2, test_good=1, test_bad=1, size=(28, 42))
     dark = root / "widget" / "test_public" / "good" / "000_regular.png"
-    Image.new("RGB", (42, 28), (2, 20, 40)).save(dark)  # far below the training images' brightness
+    dark_image = Image.new("RGB", (42, 28), (2, 20, 40))  # far below the training images' brightness
+    dark_image.paste((255, 255, 255), (0, 0, 14, 14))  # with one clipped highlight, a patch of the 28-pixel input
+    dark_image.save(dark)
     extractor = FeatureExtractor(tiny_backbone, [1, 2])
     logged = []
     tokens = token_cache.pipeline_tokens(extractor, str(root), "widget", "tiny", 28, [1, 2], log=logged.append)
@@ -35,6 +39,9 @@ def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_
         image = to_input(dataset_ad2.load_image(sample.path), test.input_sizes[index])[None]
         expected = extractor(normalize(illumination.apply(image))).patches[0].half()
         torch.testing.assert_close(test.patches[index], expected, atol=2e-3, rtol=0)
+        # The clipped share is of the input as decoded, before the light is rescaled.
+        torch.testing.assert_close(test.saturated[index], saturated_share(image, 14)[0])
+    assert float(test.saturated[[s.path for s in test.samples].index(dark)][0, 0]) == 1.0
     # A second call reads everything from the cache: no backbone needed.
     again = token_cache.pipeline_tokens(None, str(root), "widget", "tiny", 28, [1, 2], log=logged.append)
     assert all(torch.equal(a, b) for a, b in zip(again["test_public"].patches, test.patches))
@@ -47,18 +54,20 @@ def test_tokens_are_the_pipelines_inputs_cached_once_and_shared_with_a_stressed_
     assert torch.equal(copy["train"].patches[0], train.patches[0])
 
 
-def test_a_split_cached_before_light_fields_were_kept_gets_them_without_a_backbone_pass(
-        tmp_path, monkeypatch, make_ad2_category, tiny_backbone):
+@pytest.mark.parametrize("missing", ["light_fields", "saturated"])
+def test_a_split_cached_before_light_fields_or_saturation_were_kept_gets_them_without_a_backbone_pass(
+        tmp_path, monkeypatch, make_ad2_category, tiny_backbone, missing):
     monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
     root = make_ad2_category(train=3, validation=1, test_good=1, test_bad=1, size=(28, 42))
     extractor = FeatureExtractor(tiny_backbone, [1, 2])
     first = token_cache.pipeline_tokens(extractor, str(root), "widget", "tiny", 28, [1, 2], log=lambda _: None)
     (train_file,) = (tmp_path / "cache").glob("widget-28-train-*.pt")
     stored = torch.load(train_file, weights_only=True)
-    del stored["light_fields"]  # as cached by an earlier version
+    del stored[missing]  # as cached by an earlier version
     torch.save(stored, train_file)
     logged = []
     again = token_cache.pipeline_tokens(extractor, str(root), "widget", "tiny", 28, [1, 2], log=logged.append)
     assert not any("cached" in line for line in logged)  # no split recomputed: the other keys still match
     torch.testing.assert_close(again["train"].light_fields, first["train"].light_fields)
-    assert "light_fields" in torch.load(train_file, weights_only=True)  # kept for the next call
+    assert all(torch.equal(a, b) for a, b in zip(again["train"].saturated, first["train"].saturated))
+    assert missing in torch.load(train_file, weights_only=True)  # kept for the next call
