@@ -14,7 +14,8 @@ TABLES[NAME] rendered from the JSON files beside this script:
 - versions.json (compare_versions.py): v1.1-v1.4 side by side;
 - quality.json (run_quality.py): every dataset x image size x row of the quality benchmark;
   its section says so when the file does not exist yet;
-- paired_rows.json (compare_rows.py): two rows' differences with their bootstrap intervals.
+- paired_rows.json (compare_rows.py): two rows' differences with their bootstrap intervals, one table per
+  second row (``PAIRED_TABLES``), in the document that discusses that comparison.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DOCUMENTS = (REPO / "README.md", REPO / "docs" / "README_ja.md", REPO / "docs" / "Benchmark.md",
-             REPO / "docs" / "Heads_and_Scoring.md", REPO / "docs" / "Training_Objective.md")
+             REPO / "docs" / "Heads_and_Scoring.md", REPO / "docs" / "Training_Objective.md",
+             REPO / "docs" / "Lighting_and_Thresholds.md")
 STRESS_SUFFIX = "+lighting"  # run_quality.py's name for a dataset's lighting-stressed copy
 # A lighting group's AU-PRO on the regular-light images of its scenes: anomalyvfm.metrics.SAME_SCENES + "au_pro_0.05"
 # (spelled out: rendering needs no metrics import).
@@ -205,14 +207,17 @@ def paired_cell(interval: dict, digits: int = 4) -> str:
     return f"{difference} [{low}, {high}]"
 
 
-def paired_rows(report: dict | None = None) -> str:
-    """compare_rows.py's comparisons: per case both rows' AU-PRO@0.05 and image AUROC, the first minus the
-    second with its bootstrap interval, and the mean over the cases."""
+def paired_rows(report: dict | None = None, second_row: str | None = None) -> str:
+    """compare_rows.py's comparisons (those against ``second_row`` only, when given): per case both rows'
+    AU-PRO@0.05 and image AUROC, the first minus the second with its bootstrap interval, and the mean over the cases."""
     report = report if report is not None else _load("paired_rows.json")
-    if report is None:
-        return "No `benchmarks/paired_rows.json` yet: run `python benchmarks/compare_rows.py`."
+    comparisons = [] if report is None else [c for c in report["comparisons"]
+                                             if second_row is None or c["second"] == second_row]
+    if not comparisons:
+        return (f"No comparison{'' if second_row is None else f' against {second_row!r}'} in "
+                "`benchmarks/paired_rows.json` yet: run `python benchmarks/compare_rows.py`.")
     lines = []
-    for comparison in report["comparisons"]:
+    for comparison in comparisons:
         first, second = comparison["first"], comparison["second"]
         lines += [f"`python benchmarks/compare_rows.py --first=\"{first}\" --second=\"{second}\" "
                   f"{' '.join(e['case'] for e in comparison['cases'])}` (commit {comparison['commit']}, "
@@ -230,10 +235,14 @@ def paired_rows(report: dict | None = None) -> str:
     return "\n".join(lines).rstrip("\n")
 
 
+# The paired-row tables, by the second row they compare against: each lives in the document about that question.
+PAIRED_TABLES = {"paired-rows": "v1.1 --EPOCHS=0", "paired-rows-saturation": "v1.1 --DISCOUNT_SATURATED=false"}
 TABLES: dict[str, Callable[[], str]] = {"quality-variants": quality_variants, "benchmark": benchmark,
                                         "seed-benchmark": seed_benchmark, "demo": demo,
                                         "versions": versions, "quality-datasets": quality_datasets,
-                                        "quality-summary": quality_summary, "paired-rows": paired_rows}
+                                        "quality-summary": quality_summary,
+                                        **{name: (lambda row=row: paired_rows(second_row=row))
+                                           for name, row in PAIRED_TABLES.items()}}
 
 
 def render(text: str) -> str:

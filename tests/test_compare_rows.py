@@ -63,3 +63,15 @@ def test_paired_rows_table():
     assert "| tire_ad2@448 | 112 | 0.7800 | 0.7760 | +0.0040 [-0.0030, +0.0112] | 0.7400 | 0.7320 | " \
            "+0.0080 [-0.0200, +0.0310] |" in lines
     assert lines[-1] == "| mean | | | | +0.0040 [-0.0010, +0.0090] | | | +0.0080 [-0.0100, +0.0250] |"
+
+
+def test_each_paired_table_shows_the_comparisons_against_its_own_second_row():
+    training, saturation = _comparison(), _comparison() | {"second": "v1.1 --DISCOUNT_SATURATED=false"}
+    report = {"comparisons": [training, saturation]}
+    both = render_tables.paired_rows(report)
+    assert '--second="v1.1 --EPOCHS=0"' in both and '--second="v1.1 --DISCOUNT_SATURATED=false"' in both
+    only = render_tables.paired_rows(report, second_row="v1.1 --DISCOUNT_SATURATED=false")
+    assert '--second="v1.1 --EPOCHS=0"' not in only and '--second="v1.1 --DISCOUNT_SATURATED=false"' in only
+    assert render_tables.paired_rows(report, second_row="v1.1 --KNN_SHRINKAGE=1").startswith(
+        "No comparison against 'v1.1 --KNN_SHRINKAGE=1' in `benchmarks/paired_rows.json` yet")
+    assert set(render_tables.PAIRED_TABLES.values()) <= set(compare_rows.run_quality.ROWS)
