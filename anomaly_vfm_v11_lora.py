@@ -56,7 +56,9 @@ CENTRE_MAPS = True                # true: each image's map is shifted by its own
                                   # | false: the raw patch distances
 DISCOUNT_SATURATED = True         # true: a patch's distance above its image's median counts in proportion to its
                                   # pixels the camera did not clip (an overexposed highlight shows light, not the
-                                  # surface; docs/Lighting_and_Thresholds.md) | false: every patch counts fully
+                                  # surface), in categories whose training images clip too (elsewhere a defect
+                                  # brighter than the surface may be what clips; docs/Lighting_and_Thresholds.md)
+                                  # | false: every patch counts fully
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings

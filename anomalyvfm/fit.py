@@ -34,7 +34,8 @@ from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
                               fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens
-from anomalyvfm.scoring import MAX_FIT_TOKENS, fit_scorer, patch_grid, peak_score, saturated_share
+from anomalyvfm.scoring import (MAX_FIT_TOKENS, clipping_is_normal, fit_scorer, patch_grid, peak_score,
+                               saturated_share)
 from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
 
@@ -137,6 +138,7 @@ class Runner:
         cls_tokens = torch.zeros(len(train), self.extractor.dim)
         means, stds, fields = torch.zeros(len(train), 3), torch.zeros(len(train), 3), torch.zeros(len(train), 3, 3)
         patch_grids: list[torch.Tensor] = [torch.empty(0)] * len(train)
+        saturated: list[torch.Tensor] = [torch.empty(0)] * len(train)  # [gh, gw]: do normal images clip?
         inputs: list[torch.Tensor] = [torch.empty(0)] * len(train)  # uint8 [3, h, w]: the synthetic samples' sources
         read: list[int] = []
         for indices, features, (mean, std, light_field), pixels in self.features(paths, image_size, f"features train @{image_size}",
@@ -144,6 +146,7 @@ class Runner:
             cls_tokens[indices], means[indices], stds[indices], fields[indices] = features.cls, mean, std, light_field
             for row, index in enumerate(indices):
                 patch_grids[index] = features.patches[row].half()  # half: train grids are the run's largest memory
+                saturated[index] = features.saturated[row]
                 if pixels is not None:
                     inputs[index] = pixels[row]
             read += indices
@@ -152,6 +155,7 @@ class Runner:
         read.sort()  # the readable images in their listing order, as if the others were not there
         cls_tokens, means, stds, fields = cls_tokens[read], means[read], stds[read], fields[read]
         patch_grids, inputs = [patch_grids[i] for i in read], [inputs[i] for i in read]
+        discount = config.DISCOUNT_SATURATED and clipping_is_normal([saturated[i] for i in read])
         illumination = IlluminationRange.of(means, stds, fields)
         normal_sample = sample_tokens(patch_grids, MAX_FIT_TOKENS, config.SEED)
         rank, alpha = self.method.lora_shape(config, normal_sample)
@@ -187,7 +191,7 @@ class Runner:
             {"image": s.image, "mask": s.mask if s.defect else None, "title": f"{s.stage}{' + ' + s.defect if s.defect else ''}"}
             for s in samples]
         return ScaleModel(image_size, heads, cls_scorer, patch_scorer, illumination, losses=losses,
-                          synthetic_preview=preview)
+                          synthetic_preview=preview, discount_saturated=discount)
 
     # -- scoring ----------------------------------------------------------------------------
     def raw_scores(self, scale: ScaleModel, paths: Sequence[Path], desc: str,
@@ -234,7 +238,7 @@ class Runner:
             if image_distances is not None:
                 image_distances = image_distances.reshape(batch, gh, gw)
             patch = self.extractor.patch_size
-            discount = self.config.DISCOUNT_SATURATED and features.saturated is not None
+            discount = scale.discount_saturated and features.saturated is not None
             for row, index in enumerate(indices):
                 raw.cls_distances[index] = float(cls_distance[row])
                 attention = None if features.attention is None else features.attention[row]

@@ -71,6 +71,8 @@ class ScaleModel:
     fusion: ScoreFusion | None = None
     # The validation images' mean median patch distance: maps are centred on it (``centred_grid``); None: raw maps.
     map_median: float | None = None
+    # Clipped highlights discounted (``scoring.discount_saturated``): DISCOUNT_SATURATED and the training images clip.
+    discount_saturated: bool = False
     losses: list[float] = field(default_factory=list)
     # A few synthetic training samples ({"image", "mask", "title"}) for synthetic_samples.png; not saved.
     synthetic_preview: list[dict] = field(default_factory=list)
@@ -98,7 +100,8 @@ class CategoryModel:
             "pixel_threshold": self.pixel_threshold, "settings": self.settings, "version": __version__,
             "scoring_version": SCORING_VERSION,
             "scales": [{"image_size": s.image_size, "rank": s.heads.rank, "alpha": s.heads.alpha,
-                        "fusion": s.fusion.state() if s.fusion else None, "map_median": s.map_median}
+                        "fusion": s.fusion.state() if s.fusion else None, "map_median": s.map_median,
+                        "discount_saturated": s.discount_saturated}
                        for s in self.scales]})
 
     @classmethod
@@ -124,7 +127,8 @@ class CategoryModel:
                 raise PipelineError(f"{path} is not a model file that matches {folder / 'model.json'} ({error}); "
                                     "refit the category (--FORCE=true).") from None
             scales.append(ScaleModel(entry["image_size"], heads.eval(), cls_scorer, patch_scorer, illumination,
-                                     ScoreFusion(**entry["fusion"]), entry["map_median"]))
+                                     ScoreFusion(**entry["fusion"]), entry["map_median"],
+                                     discount_saturated=entry.get("discount_saturated", False)))
         return cls(meta["category"], scales, meta["image_threshold"], meta["pixel_threshold"], meta["settings"])
 
 
@@ -191,6 +195,8 @@ def _meta_problem(meta: Any) -> str | None:
             return f"scales[].fusion must hold finite {', '.join(names)} with spreads > 0, got {fusion!r}"
         if "map_median" not in entry or not (entry["map_median"] is None or _is_finite_number(entry["map_median"])):
             return f"scales[].map_median must be a finite number or null, got {entry.get('map_median', '(missing)')!r}"
+        if not isinstance(entry.get("discount_saturated", False), bool):  # absent in a model saved before 1.5.0
+            return f"scales[].discount_saturated must be true or false, got {entry['discount_saturated']!r}"
     return None
 
 

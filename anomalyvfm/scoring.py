@@ -13,7 +13,8 @@ with the validation (normal) images' statistics (``ScoreFusion``); the method co
 Saturated pixels (``DISCOUNT_SATURATED``): a patch whose pixels the camera clipped at its top
 level shows no surface there, only light, so its distance above the image's median counts in
 proportion to its pixels that are not clipped (``saturated_share``, ``discount_saturated``),
-in the map and in the image score alike.
+in the map and in the image score alike; only in a category whose training images clip too
+(``clipping_is_normal``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ PEAK_PATCHES = 3
 # A network input value (in [0, 1]) at or above this in any channel counts as clipped by the camera:
 # a little below 1 because compression rings around a clipped highlight stay within a few levels of 255.
 SATURATION_LEVEL = 250 / 255
+# Clipped highlights are discounted only where normal images have them: at least this share of the training
+# images holds a clipped pixel (tyre 48 %, magtile 57 %; the demo's categories none, and there more light clips
+# the defects brighter than the surface first, docs/Lighting_and_Thresholds.md).
+MIN_CLIPPING_TRAIN_IMAGES = 0.05
 
 
 class GaussianScorer:
@@ -286,6 +291,18 @@ def saturated_share(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """
     clipped = (images.amax(1, keepdim=True) >= SATURATION_LEVEL).float()
     return F.avg_pool2d(clipped, patch_size)[:, 0]
+
+
+def clipping_is_normal(train_saturated: list[torch.Tensor]) -> bool:
+    """Whether a category's normal images clip: at least ``MIN_CLIPPING_TRAIN_IMAGES`` of its training images'
+    ``saturated_share`` grids ``[gh, gw]`` hold a clipped pixel.
+
+    Where the surface's highlights clip in normal light, more light makes them bloom, and a clipped
+    patch is most likely such a highlight. Where no normal image clips, nothing normal is that
+    bright, and what clips first under more light can be the defect (a bright stain on a dark cloth).
+    """
+    clipping = sum(bool((grid > 0).any()) for grid in train_saturated)
+    return bool(train_saturated) and clipping >= MIN_CLIPPING_TRAIN_IMAGES * len(train_saturated)
 
 
 def discount_saturated(patch_scores: torch.Tensor, saturated: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_i
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens  # noqa: E402
 from anomalyvfm.scoring import MAX_FIT_TOKENS, Scorer  # noqa: E402
-from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of, patch_grid, peak_score  # noqa: E402
+from anomalyvfm.scoring import anomaly_map, centred_grid, clipping_is_normal, map_median_of, patch_grid, peak_score  # noqa: E402
 from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
@@ -163,9 +163,10 @@ def scored_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Te
     return Grids(maps, images)
 
 
-def saturation(split: token_cache.SplitTokens, settings) -> list[torch.Tensor] | None:
-    """The split's saturated shares when the row discounts them (``DISCOUNT_SATURATED``), else None."""
-    return split.saturated if settings.DISCOUNT_SATURATED else None
+def saturation(split: token_cache.SplitTokens, train: token_cache.SplitTokens, settings) -> list[torch.Tensor] | None:
+    """The split's saturated shares when the row discounts them (``DISCOUNT_SATURATED`` and the training
+    images clip, as ``fit.Runner.fit_scale`` decides), else None."""
+    return split.saturated if settings.DISCOUNT_SATURATED and clipping_is_normal(train.saturated) else None
 
 
 def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
@@ -179,8 +180,9 @@ def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.Spli
                                          settings.SEED)
     heads, scorer, _, _ = fit_row(tokens["train"], synthetic, settings)
     with torch.inference_mode():
-        return (scored_grids(heads, scorer, tokens["validation"].patches, saturation(tokens["validation"], settings)),
-                scored_grids(heads, scorer, tokens["test_public"].patches, saturation(tokens["test_public"], settings)))
+        train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
+        return (scored_grids(heads, scorer, validation.patches, saturation(validation, train, settings)),
+                scored_grids(heads, scorer, test.patches, saturation(test, train, settings)))
 
 
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
@@ -227,8 +229,8 @@ def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingT
     heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
     # Both splits get the image score's search too, as in a run (validation peaks feed the score fusion).
-    val_grids = scored_grids(heads, scorer, validation.patches, saturation(validation, settings)).maps
-    test_scored = scored_grids(heads, scorer, test.patches, saturation(test, settings))
+    val_grids = scored_grids(heads, scorer, validation.patches, saturation(validation, train, settings)).maps
+    test_scored = scored_grids(heads, scorer, test.patches, saturation(test, train, settings))
     score_seconds = time.perf_counter() - start
     scores = test_scored.peaks()
     start = time.perf_counter()

@@ -106,11 +106,31 @@ def test_a_clipped_highlight_counts_in_proportion_to_its_unclipped_pixels_in_map
     share[0, 0], share[1, 1] = 1.0, 0.5
     grids = {}
     for discount in (False, True):
-        with Runner(config.replace(DISCOUNT_SATURATED=discount), Method(), backbone=tiny_backbone, progress=False) as runner:
+        model.scales[0].discount_saturated = discount  # decided at fit time, from the training images
+        with Runner(config, Method(), backbone=tiny_backbone, progress=False) as runner:
             raw = runner.raw_scores_of_images(model.scales[0], [image])
         grids[discount] = raw.grids[0]
     torch.testing.assert_close(grids[True], discount_saturated(grids[False], share))
     assert float(grids[True][0, 0]) == float(grids[False].median())
+
+
+def test_clipped_highlights_are_discounted_only_where_the_training_images_clip(finished_run, make_ad2_category,
+                                                                              tiny_backbone, tmp_path):
+    config = finished_run[0]
+    assert config.DISCOUNT_SATURATED  # the default; the demo's training images never clip, so it stays off there
+    model_json = json.loads((Path(config.RESULTS_DIR) / config.CATEGORIES[0] / "model" / "model.json").read_text())
+    assert [scale["discount_saturated"] for scale in model_json["scales"]] == [False]
+    root = make_ad2_category(train=4, size=(28, 42))
+    train_image = next((root / "widget" / "train" / "good").glob("*.png"))
+    with Image.open(train_image) as image:
+        highlighted = image.copy()
+    highlighted.paste((255, 255, 255), (0, 0, 5, 5))  # one image in four with a clipped highlight
+    highlighted.save(train_image)
+    for discount in (True, False):
+        results = tmp_path / f"results-{discount}"
+        run(tiny_config(root, results, CATEGORIES=["widget"], IMAGE_SIZE=28, DISCOUNT_SATURATED=discount),
+            backbone=tiny_backbone, progress=False)
+        assert CategoryModel.load(results / "widget" / "model").scales[0].discount_saturated is discount
 
 
 def test_same_seed_gives_identical_scores(finished_run, tiny_backbone, tmp_path):

@@ -330,6 +330,8 @@ def _edit_model_json(config, change) -> Path:
     (lambda m: m["settings"].update(SCORER="pickle"), "settings.SCORER must be one of mahalanobis, knn, got 'pickle'"),
     (lambda m: m["scales"][0].pop("map_median"), "scales[].map_median must be a finite number or null, got '(missing)'"),
     (lambda m: m["scales"][0].update(map_median="0.2"), "scales[].map_median must be a finite number or null, got '0.2'"),
+    (lambda m: m["scales"][0].update(discount_saturated=1),
+     "scales[].discount_saturated must be true or false, got 1"),
     (lambda m: (m.pop("scoring_version"), m.update(version="1.1.0")),
      f"it was saved by anomalyvfm 1.1.0, which scores images differently (scoring_version 1, this version reads {SCORING_VERSION})"),
 ])

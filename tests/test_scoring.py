@@ -7,7 +7,7 @@ import torch
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
 from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, discount_saturated,
-                               map_median_of, patch_grid, saturated_share,
+                               clipping_is_normal, map_median_of, patch_grid, saturated_share,
                                PEAK_PATCHES, peak_score, whitening_matrix)
 
 
@@ -266,3 +266,11 @@ def test_discounting_saturated_patches_scales_their_excess_over_the_median_by_th
     assert patch_grid(grid, None) is grid and torch.equal(patch_grid(grid, saturated), expected)
     # Below the median a clipped patch rises to it: a clipped patch is no evidence either way.
     assert float(discount_saturated(torch.tensor([[0.0, 5.0, 6.0]]), torch.tensor([[1.0, 0.0, 0.0]]))[0, 0]) == 5.0
+
+
+def test_clipping_is_normal_when_at_least_one_training_image_in_twenty_has_a_clipped_pixel():
+    clean, clipped = torch.zeros(4, 6), torch.zeros(4, 6)
+    clipped[1, 2] = 1 / 196  # one pixel of one patch
+    assert clipping_is_normal([clipped] + [clean] * 19)       # 1 of 20: the share
+    assert not clipping_is_normal([clipped] + [clean] * 20)   # 1 of 21: below it
+    assert not clipping_is_normal([clean] * 5) and not clipping_is_normal([])
