@@ -238,11 +238,10 @@ class Runner:
             if image_distances is not None:
                 image_distances = image_distances.reshape(batch, gh, gw)
             patch = self.extractor.patch_size
-            discount = scale.discount_saturated and features.saturated is not None
             for row, index in enumerate(indices):
                 raw.cls_distances[index] = float(cls_distance[row])
                 attention = None if features.attention is None else features.attention[row]
-                saturated = features.saturated[row] if discount else None
+                saturated = features.saturated[row] if scale.discount_saturated else None
                 shaped = lambda grid: patch_grid(self.method.patch_distances(grid, float(cls_distance[row]), attention),
                                                  saturated)
                 raw.grids[index] = shaped(distances[row])

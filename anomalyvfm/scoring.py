@@ -320,7 +320,8 @@ def discount_saturated(patch_scores: torch.Tensor, saturated: torch.Tensor) -> t
 
 def patch_grid(patch_scores: torch.Tensor, saturated: torch.Tensor | None) -> torch.Tensor:
     """An image's ``[gh, gw]`` patch distances as its map and score take them: ``discount_saturated`` by
-    ``saturated`` ``[gh, gw]``, or as they are when it is None (``DISCOUNT_SATURATED`` false)."""
+    ``saturated`` ``[gh, gw]``, or as they are when it is None (``DISCOUNT_SATURATED`` false, or a category whose
+    training images never clip: ``clipping_is_normal``)."""
     return patch_scores if saturated is None else discount_saturated(patch_scores, saturated)
 
 

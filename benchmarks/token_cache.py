@@ -133,8 +133,9 @@ def _decoded_extras(paths: list[Path], image_size: int, patch_size: int, batch_s
     saturated: list[torch.Tensor] = [torch.empty(0)] * len(paths)
     for indices, images in iterate_images(paths, image_size, patch_size, batch_size=batch_size, num_workers=1):
         fields[indices] = field_coefficients(images)
+        shares = saturated_share(images, patch_size)
         for row, index in enumerate(indices):
-            saturated[index] = saturated_share(images[row:row + 1], patch_size)[0]
+            saturated[index] = shares[row]
     return fields, saturated
 
 
