@@ -3,6 +3,7 @@
     python benchmarks/scale_probe.py sizes tire_ad2@448 magtile_ad2@448     # fused with IMAGE_SIZE 224
     python benchmarks/scale_probe.py pooling tire_ad2@448 magtile_ad2@448
     python benchmarks/scale_probe.py blur tire_ad2+lighting@448 magtile_ad2+lighting@448
+    python benchmarks/scale_probe.py flip tire_ad2@448 magtile_ad2@448 tire_ad2+lighting@448
 
 ``sizes`` (multi-resolution fusion, as MuRF): the default row (trained heads, coreset kNN, centred maps)
 at the case's size and at ``SECOND_SIZE``, each fitted on its own tokens; each size's centred maps at
@@ -18,6 +19,13 @@ have no grid to pool), compared with the same row unpooled (``m = 0``).
 sigma of ``MAP_SIGMAS`` (input pixels; 0: none). The image scores come from the patch grids and do not
 change. On a lighting-stressed copy AU-PRO@0.05 is also printed per lighting group.
 
+``flip`` (test-time mirroring): every test image is also scored mirrored left-right (a copy of the case's
+test_public/ with mirrored images and masks, made once under ``benchmarks/.cache/flip/``; train/ and
+validation/ link to the case's own, so their tokens are shared). The mirrored image's patch grids are
+mirrored back and averaged with the image's own, before centring and the peak, for the default row
+fitted once. Printed: the image alone, the mirrored image alone (mirrored back) and their mean; on a
+lighting-stressed copy also AU-PRO@0.05 per lighting group and the pooled minus regular-only image AUROC.
+
 Printed per case and weight: test image AUROC, AU-PRO@0.05 and @0.30. Tokens come from run_quality's
 cache (``benchmarks/token_cache.py``); every fit is the product's own code.
 """
@@ -25,6 +33,7 @@ cache (``benchmarks/token_cache.py``); every fit is the product's own code.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -42,6 +51,7 @@ import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
+from PIL import Image  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of  # noqa: E402
 
@@ -49,7 +59,9 @@ SECOND_SIZE = 224
 SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
 POOL_MIXES = (0.0, 0.5, 1.0)
 MAP_SIGMAS = (0.0, 4.0, 8.0, 16.0)
-PROBES = ("sizes", "pooling", "blur")
+PROBES = ("sizes", "pooling", "blur", "flip")
+FLIP_DIR = token_cache.CACHE_DIR / "flip"
+FLIP_DONE = "flip_done.txt"
 
 
 def pooled_grid(grid: torch.Tensor, mix: float) -> torch.Tensor:
@@ -107,6 +119,64 @@ def au_pro_by_group(maps: list[np.ndarray], masks: list[np.ndarray | None], ligh
     return " | " + " ".join(parts)
 
 
+def mirrored_copy(dataset: str, data_root: Path, category: str) -> Path:
+    """A DATA_ROOT whose ``category`` has the test_public images and masks of ``data_root``'s mirrored
+    left-right (lossless PNGs, same stems), train/ and validation/ linked to the source's; made once."""
+    out = FLIP_DIR / dataset
+    if (out / FLIP_DONE).is_file():
+        return out
+    if out.exists():  # an interrupted earlier attempt
+        shutil.rmtree(out)
+    source = dataset_ad2.load_category(data_root, category)
+    target = out / category
+    target.mkdir(parents=True)
+    for split in ("train", "validation"):
+        (target / split).symlink_to((source.root / split).resolve(), target_is_directory=True)
+    for sample in source.test_public:
+        image = target / Path(sample.relative_path).with_suffix(".png")
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(sample.path) as opened:
+            opened.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image, compress_level=1)
+        if sample.mask_path is not None:
+            mask = target / "test_public" / "ground_truth" / sample.path.parent.name / f"{sample.stem}_mask.png"
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(sample.mask_path) as opened:
+                opened.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mask)
+    (out / FLIP_DONE).write_text(f"test_public of {source.root.resolve()} mirrored left-right\n")
+    return out
+
+
+def joined(first: token_cache.SplitTokens, second: token_cache.SplitTokens) -> token_cache.SplitTokens:
+    """One split holding ``first``'s images, then ``second``'s (every per-image field concatenated)."""
+    def both(a, b):
+        return None if a is None or b is None else (torch.cat([a, b]) if isinstance(a, torch.Tensor) else a + b)
+    return token_cache.SplitTokens(*(both(getattr(first, f.name), getattr(second, f.name))
+                                     for f in dataclasses.fields(token_cache.SplitTokens)))
+
+
+def flip_rows(tokens: dict[str, token_cache.SplitTokens], mirrored: token_cache.SplitTokens,
+              extractor: FeatureExtractor, size: int) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """``{label: (centred test maps [H, W], image scores [N])}`` for the image alone, its mirror alone
+    (grids mirrored back) and their mean, the default row fitted once on ``tokens``."""
+    test = tokens["test_public"]
+    count = len(test.samples)
+    own = [Path(s.relative_path).with_suffix("").as_posix() for s in test.samples]
+    if own != [Path(s.relative_path).with_suffix("").as_posix() for s in mirrored.samples]:
+        raise ValueError("the mirrored copy's test images do not match the case's; delete benchmarks/.cache/flip/")
+    both = dict(tokens, test_public=joined(test, mirrored))
+    val_scored, test_scored = run_quality.fitted_grids(extractor, both, v11.default_config().replace(IMAGE_SIZE=size))
+    reference = map_median_of(val_scored.maps)
+    back = lambda grids: [g.flip(-1) for g in grids[count:]]  # noqa: E731 - [gh, gw]: mirror the columns back
+    candidates = {"image alone": (test_scored.maps[:count], test_scored.images[:count]),
+                  "mirror alone": (back(test_scored.maps), back(test_scored.images))}
+    candidates["mean of both"] = tuple([(a + b) / 2 for a, b in zip(*pair)] for pair in zip(
+        candidates["image alone"], candidates["mirror alone"]))
+    return {label: ([anomaly_map(centred_grid(g, reference), s, o)
+                     for g, s, o in zip(maps, test.input_sizes, test.original_sizes)],
+                    run_quality.Grids(maps, images).peaks())
+            for label, (maps, images) in candidates.items()}
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in PROBES:
         print(f"usage: scale_probe.py {{{','.join(PROBES)}}} DATASET@SIZE ...", file=sys.stderr)
@@ -134,6 +204,30 @@ def main(argv: list[str]) -> int:
                     pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
                 auroc = metrics.image_auroc(weight * first[1] + (1 - weight) * second[1], labels)
                 print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3])
+            continue
+        if probe == "flip":
+            base = name.removesuffix(run_quality.STRESS_SUFFIX)
+            category, root = next((c, r) for n, c, r in run_quality.datasets_under(run_quality.SHARED / "datasets")
+                                  if n == base)
+            if name != base:
+                root = run_quality.stressed_copy(base, category, root)
+            mirrored = token_cache.pipeline_tokens(extractor, str(mirrored_copy(name, root, category)), category,
+                                                   backbone, size, defaults.FEATURE_LAYERS,
+                                                   batch_size=defaults.BATCH_SIZE)["test_public"]
+            samples = tokens["test_public"].samples
+            labels = np.array([s.label for s in samples])
+            lightings = [s.lighting for s in samples]
+            scenes = [dataset_ad2.scene_of(s.relative_path) for s in samples]
+            for label, (maps, scores) in flip_rows(tokens, mirrored, extractor, size).items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+                    pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
+                    extra = au_pro_by_group(maps, masks, lightings)
+                gap = run_quality.pooled_auroc_gap(scores, labels, lightings, scenes).get("image_auroc_gap")
+                if gap is not None:
+                    extra += (f" | pooled - regular AUROC {gap['difference']:+.4f} "
+                              f"[{gap['low']:+.4f}, {gap['high']:+.4f}]")
+                print_row(case, label, metrics.image_auroc(scores, labels), pro[0.05], pro[0.3], extra)
             continue
         if probe == "blur":
             maps, scores = blurred_maps(tokens, extractor, size)

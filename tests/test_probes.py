@@ -13,7 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
 from image_score_probe import VARIANTS, top_percent_mean  # noqa: E402
-from scale_probe import au_pro_by_group, pooled_grid  # noqa: E402
+import scale_probe  # noqa: E402
+from scale_probe import au_pro_by_group, joined, mirrored_copy, pooled_grid  # noqa: E402
+import dataset_ad2  # noqa: E402
+from PIL import Image  # noqa: E402
+from token_cache import SplitTokens  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from dataset_ad2 import lighting_group  # noqa: E402
 
@@ -73,3 +77,44 @@ def test_pooled_auroc_gap_is_all_images_minus_regular_and_absent_without_other_l
     assert gap["difference"] == pytest.approx(0.75 - 1.0)
     assert gap["low"] <= gap["difference"] <= gap["high"]
     assert pooled_auroc_gap(scores[:2], labels[:2], lightings[:2], scenes[:2]) == {}  # regular light only
+
+
+def test_mirrored_copy_mirrors_test_images_and_masks_together_and_links_train(make_ad2_category, tmp_path,
+                                                                            monkeypatch):
+    root = make_ad2_category("widget", test_good=1, test_bad=2)
+    source = dataset_ad2.load_category(root, "widget")
+    bad = next(s for s in source.test_public if s.label == 1)
+    pixels = np.zeros((20, 36, 3), np.uint8)
+    pixels[:, :, 0] = np.arange(36, dtype=np.uint8)[None] * 7  # a left-to-right ramp: mirroring shows
+    Image.fromarray(pixels).save(bad.path)
+    monkeypatch.setattr(scale_probe, "FLIP_DIR", tmp_path / "flip")
+
+    out = mirrored_copy("data", root, "widget")
+    copy = dataset_ad2.load_category(out, "widget")
+    assert [s.relative_path for s in copy.test_public] == [s.relative_path for s in source.test_public]
+    assert [s.path.resolve() for s in copy.train] == [s.path.resolve() for s in source.train]
+    mirrored = next(s for s in copy.test_public if s.stem == bad.stem)
+    assert np.array_equal(dataset_ad2.load_image(mirrored.path), pixels[:, ::-1])
+    original_mask = dataset_ad2.load_mask(bad)
+    assert original_mask[:, :18].any() and not original_mask[:, 18:].any()  # the fixture's defect is on the left
+    assert np.array_equal(dataset_ad2.load_mask(mirrored), original_mask[:, ::-1])
+
+    Image.fromarray(np.zeros_like(pixels)).save(bad.path)  # made once: a second call reuses the copy
+    assert mirrored_copy("data", root, "widget") == out
+    assert np.array_equal(dataset_ad2.load_image(mirrored.path), pixels[:, ::-1])
+
+
+def test_joined_concatenates_every_per_image_field_in_order():
+    def split(values: list[float]) -> SplitTokens:
+        n = len(values)
+        return SplitTokens(samples=[f"s{v}" for v in values], cls=torch.tensor(values)[:, None],
+                           patches=[torch.full((1, 1, 1), v) for v in values], channel_mean=torch.zeros(n, 3),
+                           channel_std=torch.ones(n, 3), light_fields=torch.zeros(n, 3, 3),
+                           original_sizes=[(2, 2)] * n, input_sizes=[(14, 14)] * n,
+                           saturated=[torch.zeros(1, 1)] * n)
+
+    both = joined(split([1.0, 2.0]), split([3.0]))
+    assert both.samples == ["s1.0", "s2.0", "s3.0"]
+    assert both.cls[:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert [float(p) for p in both.patches] == [1.0, 2.0, 3.0]
+    assert both.light_fields.shape == (3, 3, 3) and len(both.saturated) == 3 and len(both.input_sizes) == 3
