@@ -4,6 +4,7 @@
     python benchmarks/scale_probe.py pooling tire_ad2@448 magtile_ad2@448
     python benchmarks/scale_probe.py blur tire_ad2+lighting@448 magtile_ad2+lighting@448
     python benchmarks/scale_probe.py flip tire_ad2@448 magtile_ad2@448 tire_ad2+lighting@448
+    python benchmarks/scale_probe.py position tire_ad2@448 magtile_ad2@448 tire_ad2+lighting@448
 
 ``sizes`` (multi-resolution fusion, as MuRF): the default row (trained heads, coreset kNN, centred maps)
 at the case's size and at ``SECOND_SIZE``, each fitted on its own tokens; each size's centred maps at
@@ -25,6 +26,12 @@ validation/ link to the case's own, so their tokens are shared). The mirrored im
 mirrored back and averaged with the image's own, before centring and the peak, for the default row
 fitted once. Printed: the image alone, the mirrored image alone (mirrored back) and their mean; on a
 lighting-stressed copy also AU-PRO@0.05 per lighting group and the pooled minus regular-only image AUROC.
+
+``position`` (a per-position prior, as PaDiM's per-position statistics, on the patch distances): the mean
+over the validation images of each grid cell's distance above its image's median (``position_offsets``,
+resampled to each image's grid), times ``w`` in ``POSITION_WEIGHTS``, is subtracted from every test grid
+before centring and the peak (maps and image scores alike), for the default row fitted once. Also printed:
+AU-PRO@0.05 minus that of ``w = 0`` with its 95 % interval (scene bootstrap, ``BOOTSTRAP_DRAWS``).
 
 Printed per case and weight: test image AUROC, AU-PRO@0.05 and @0.30. Tokens come from run_quality's
 cache (``benchmarks/token_cache.py``); every fit is the product's own code.
@@ -59,7 +66,9 @@ SECOND_SIZE = 224
 SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
 POOL_MIXES = (0.0, 0.5, 1.0)
 MAP_SIGMAS = (0.0, 4.0, 8.0, 16.0)
-PROBES = ("sizes", "pooling", "blur", "flip")
+PROBES = ("sizes", "pooling", "blur", "flip", "position")
+POSITION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BOOTSTRAP_DRAWS = 2000
 FLIP_DIR = token_cache.CACHE_DIR / "flip"
 FLIP_DONE = "flip_done.txt"
 
@@ -177,6 +186,38 @@ def flip_rows(tokens: dict[str, token_cache.SplitTokens], mirrored: token_cache.
             for label, (maps, images) in candidates.items()}
 
 
+def position_offsets(grids: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """``[gh, gw]``: the mean over ``grids`` (each ``[h, w]``, bilinearly resampled to ``shape`` where it differs)
+    of each cell's value above its own grid's median."""
+    resampled = [F.interpolate(g.float()[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
+                 - g.float().median() for g in grids]
+    return torch.stack(resampled).mean(0)
+
+
+def position_rows(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExtractor, size: int
+                  ) -> dict[float, tuple[list[np.ndarray], np.ndarray]]:
+    """``{w: (centred test maps [H, W], image scores [N])}`` with ``w`` times the validation images' per-position
+    offsets subtracted from each test grid (maps and image-score grids each with their own offsets)."""
+    test = tokens["test_public"]
+    val_scored, test_scored = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
+    reference = map_median_of(val_scored.maps)
+    offsets: dict[tuple[str, tuple[int, int]], torch.Tensor] = {}
+
+    def less(kind: str, validation: list[torch.Tensor], grid: torch.Tensor, weight: float) -> torch.Tensor:
+        key = (kind, tuple(grid.shape))
+        if key not in offsets:
+            offsets[key] = position_offsets(validation, key[1])
+        return grid.float() - weight * offsets[key]
+
+    rows = {}
+    for weight in POSITION_WEIGHTS:
+        maps = [anomaly_map(centred_grid(less("maps", val_scored.maps, g, weight), reference), s, o)
+                for g, s, o in zip(test_scored.maps, test.input_sizes, test.original_sizes)]
+        images = [less("images", val_scored.images, g, weight) for g in test_scored.images]
+        rows[weight] = (maps, run_quality.Grids(maps=[], images=images).peaks())
+    return rows
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in PROBES:
         print(f"usage: scale_probe.py {{{','.join(PROBES)}}} DATASET@SIZE ...", file=sys.stderr)
@@ -228,6 +269,29 @@ def main(argv: list[str]) -> int:
                     extra += (f" | pooled - regular AUROC {gap['difference']:+.4f} "
                               f"[{gap['low']:+.4f}, {gap['high']:+.4f}]")
                 print_row(case, label, metrics.image_auroc(scores, labels), pro[0.05], pro[0.3], extra)
+            continue
+        if probe == "position":
+            samples = tokens["test_public"].samples
+            labels = np.array([s.label for s in samples])
+            lightings = [s.lighting for s in samples]
+            scenes = [dataset_ad2.scene_of(s.relative_path) for s in samples]
+            rows = position_rows(tokens, extractor, size)
+            for weight, (maps, scores) in rows.items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+                    pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
+                    extra = au_pro_by_group(maps, masks, lightings)
+                    if weight:
+                        found = metrics.paired_au_pro_interval(maps, rows[0.0][0], masks, scenes, 0.05,
+                                                               num_bins=run_quality.PRO_BINS,
+                                                               resamples=BOOTSTRAP_DRAWS)
+                        extra += f" | vs w 0: {found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
+                gap = run_quality.pooled_auroc_gap(scores, labels, lightings, scenes).get("image_auroc_gap")
+                if gap is not None:
+                    extra += (f" | pooled - regular AUROC {gap['difference']:+.4f} "
+                              f"[{gap['low']:+.4f}, {gap['high']:+.4f}]")
+                print_row(case, f"position prior w {weight:g}", metrics.image_auroc(scores, labels), pro[0.05],
+                          pro[0.3], extra)
             continue
         if probe == "blur":
             maps, scores = blurred_maps(tokens, extractor, size)

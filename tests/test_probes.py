@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
 from image_score_probe import VARIANTS, top_percent_mean  # noqa: E402
 import scale_probe  # noqa: E402
-from scale_probe import au_pro_by_group, joined, mirrored_copy, pooled_grid  # noqa: E402
+from scale_probe import au_pro_by_group, joined, mirrored_copy, pooled_grid, position_offsets  # noqa: E402
 import dataset_ad2  # noqa: E402
 from PIL import Image  # noqa: E402
 from token_cache import SplitTokens  # noqa: E402
@@ -118,3 +118,12 @@ def test_joined_concatenates_every_per_image_field_in_order():
     assert both.cls[:, 0].tolist() == [1.0, 2.0, 3.0]
     assert [float(p) for p in both.patches] == [1.0, 2.0, 3.0]
     assert both.light_fields.shape == (3, 3, 3) and len(both.saturated) == 3 and len(both.input_sizes) == 3
+
+
+def test_position_offsets_average_each_cell_above_its_grid_median_and_resample_other_shapes():
+    first = torch.tensor([[0.0, 1.0], [2.0, 9.0]])   # median 1.5 (torch: the lower middle value, 1.0)
+    second = torch.tensor([[5.0, 5.0], [5.0, 7.0]])  # median 5.0
+    offsets = position_offsets([first, second], (2, 2))
+    assert torch.allclose(offsets, torch.tensor([[(-1.0 + 0.0) / 2, (0.0 + 0.0) / 2], [(1.0 + 0.0) / 2, (8.0 + 2.0) / 2]]))
+    constant = position_offsets([torch.full((3, 5), 2.0)], (4, 4))  # another shape: resampled, still 0 above median
+    assert constant.shape == (4, 4) and torch.equal(constant, torch.zeros(4, 4))
