@@ -313,13 +313,17 @@ def probe_setup(cases: list[str]) -> tuple[list[tuple[str, int]], FeatureExtract
     return parsed, FeatureExtractor(load_backbone(backbone), v11.default_config().FEATURE_LAYERS), backbone
 
 
-def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int) -> dict[str, token_cache.SplitTokens]:
-    """The cached tokens (``token_cache.pipeline_tokens``) of a ``parse_case`` dataset at ``size``;
-    a ``+lighting`` dataset's stressed copy is made first if needed."""
+def case_root(dataset: str) -> tuple[str, Path]:
+    """``(category, data_root)`` of a ``parse_case`` dataset; a ``+lighting`` dataset's stressed copy is made
+    first if needed."""
     base = dataset.removesuffix(STRESS_SUFFIX)
     category, root = next((c, r) for name, c, r in datasets_under(SHARED / "datasets") if name == base)
-    if dataset != base:
-        root = stressed_copy(base, category, root)
+    return category, (root if dataset == base else stressed_copy(base, category, root))
+
+
+def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int) -> dict[str, token_cache.SplitTokens]:
+    """The cached tokens (``token_cache.pipeline_tokens``) of a ``parse_case`` dataset at ``size`` (``case_root``)."""
+    category, root = case_root(dataset)
     defaults = v11.default_config()
     return token_cache.pipeline_tokens(extractor, str(root), category, backbone, size, defaults.FEATURE_LAYERS,
                                        batch_size=defaults.BATCH_SIZE)

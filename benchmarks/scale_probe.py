@@ -58,9 +58,9 @@ import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
-from PIL import Image  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of  # noqa: E402
+from PIL import Image  # noqa: E402
 
 SECOND_SIZE = 224
 SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
@@ -126,6 +126,23 @@ def au_pro_by_group(maps: list[np.ndarray], masks: list[np.ndarray | None], ligh
                                    num_bins=run_quality.PRO_BINS)[0.05]
         parts.append(f"{group} {pro:.4f}")
     return " | " + " ".join(parts)
+
+
+def print_test_row(case: str, label: str, maps: list[np.ndarray], scores: np.ndarray, masks: list[np.ndarray | None],
+                   samples: list[dataset_ad2.Sample], extra: str = "") -> None:
+    """``print_row`` of test maps ``[H, W]`` and image scores ``[N]``, with AU-PRO@0.05 per lighting group and
+    the pooled minus regular-only image AUROC (with its interval) on a lighting-stressed copy, then ``extra``."""
+    labels = np.array([s.label for s in samples])
+    lightings = [s.lighting for s in samples]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+        pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
+        groups = au_pro_by_group(maps, masks, lightings)
+    gap = run_quality.pooled_auroc_gap(scores, labels, lightings,
+                                       [dataset_ad2.scene_of(s.relative_path) for s in samples]).get("image_auroc_gap")
+    if gap is not None:
+        groups += f" | pooled - regular AUROC {gap['difference']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]"
+    print_row(case, label, metrics.image_auroc(scores, labels), pro[0.05], pro[0.3], groups + extra)
 
 
 def mirrored_copy(dataset: str, data_root: Path, category: str) -> Path:
@@ -247,51 +264,27 @@ def main(argv: list[str]) -> int:
                 print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3])
             continue
         if probe == "flip":
-            base = name.removesuffix(run_quality.STRESS_SUFFIX)
-            category, root = next((c, r) for n, c, r in run_quality.datasets_under(run_quality.SHARED / "datasets")
-                                  if n == base)
-            if name != base:
-                root = run_quality.stressed_copy(base, category, root)
+            category, root = run_quality.case_root(name)
             mirrored = token_cache.pipeline_tokens(extractor, str(mirrored_copy(name, root, category)), category,
                                                    backbone, size, defaults.FEATURE_LAYERS,
                                                    batch_size=defaults.BATCH_SIZE)["test_public"]
-            samples = tokens["test_public"].samples
-            labels = np.array([s.label for s in samples])
-            lightings = [s.lighting for s in samples]
-            scenes = [dataset_ad2.scene_of(s.relative_path) for s in samples]
             for label, (maps, scores) in flip_rows(tokens, mirrored, extractor, size).items():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-                    pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
-                    extra = au_pro_by_group(maps, masks, lightings)
-                gap = run_quality.pooled_auroc_gap(scores, labels, lightings, scenes).get("image_auroc_gap")
-                if gap is not None:
-                    extra += (f" | pooled - regular AUROC {gap['difference']:+.4f} "
-                              f"[{gap['low']:+.4f}, {gap['high']:+.4f}]")
-                print_row(case, label, metrics.image_auroc(scores, labels), pro[0.05], pro[0.3], extra)
+                print_test_row(case, label, maps, scores, masks, tokens["test_public"].samples)
             continue
         if probe == "position":
             samples = tokens["test_public"].samples
-            labels = np.array([s.label for s in samples])
-            lightings = [s.lighting for s in samples]
             scenes = [dataset_ad2.scene_of(s.relative_path) for s in samples]
             rows = position_rows(tokens, extractor, size)
             for weight, (maps, scores) in rows.items():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-                    pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
-                    extra = au_pro_by_group(maps, masks, lightings)
-                    if weight:
+                extra = ""
+                if weight:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
                         found = metrics.paired_au_pro_interval(maps, rows[0.0][0], masks, scenes, 0.05,
                                                                num_bins=run_quality.PRO_BINS,
                                                                resamples=BOOTSTRAP_DRAWS)
-                        extra += f" | vs w 0: {found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
-                gap = run_quality.pooled_auroc_gap(scores, labels, lightings, scenes).get("image_auroc_gap")
-                if gap is not None:
-                    extra += (f" | pooled - regular AUROC {gap['difference']:+.4f} "
-                              f"[{gap['low']:+.4f}, {gap['high']:+.4f}]")
-                print_row(case, f"position prior w {weight:g}", metrics.image_auroc(scores, labels), pro[0.05],
-                          pro[0.3], extra)
+                    extra = f" | vs w 0: {found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
+                print_test_row(case, f"position prior w {weight:g}", maps, scores, masks, samples, extra)
             continue
         if probe == "blur":
             maps, scores = blurred_maps(tokens, extractor, size)

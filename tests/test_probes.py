@@ -121,7 +121,7 @@ def test_joined_concatenates_every_per_image_field_in_order():
 
 
 def test_position_offsets_average_each_cell_above_its_grid_median_and_resample_other_shapes():
-    first = torch.tensor([[0.0, 1.0], [2.0, 9.0]])   # median 1.5 (torch: the lower middle value, 1.0)
+    first = torch.tensor([[0.0, 1.0], [2.0, 9.0]])   # median 1.0: torch takes the lower of the two middle values
     second = torch.tensor([[5.0, 5.0], [5.0, 7.0]])  # median 5.0
     offsets = position_offsets([first, second], (2, 2))
     assert torch.allclose(offsets, torch.tensor([[(-1.0 + 0.0) / 2, (0.0 + 0.0) / 2], [(1.0 + 0.0) / 2, (8.0 + 2.0) / 2]]))
