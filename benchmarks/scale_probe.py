@@ -31,7 +31,9 @@ lighting-stressed copy also AU-PRO@0.05 per lighting group and the pooled minus 
 over the validation images of each grid cell's distance above its image's median (``position_offsets``,
 resampled to each image's grid), times ``w`` in ``POSITION_WEIGHTS``, is subtracted from every test grid
 before centring and the peak (maps and image scores alike), for the default row fitted once. Also printed:
-AU-PRO@0.05 minus that of ``w = 0`` with its 95 % interval (scene bootstrap, ``BOOTSTRAP_DRAWS``).
+AU-PRO@0.05 minus that of ``w = 0`` with its 95 % interval (scene bootstrap, ``BOOTSTRAP_DRAWS``), and first
+why a weight helps or hurts: how repeatable the map offsets are (``split_half_r``; their correlation with the
+good test images' own offsets) and how much of a real defect's signal they would remove (``defect_offset_share``).
 
 Printed per case and weight: test image AUROC, AU-PRO@0.05 and @0.30. Tokens come from run_quality's
 cache (``benchmarks/token_cache.py``); every fit is the product's own code.
@@ -60,6 +62,7 @@ from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
 from anomalyvfm.scoring import anomaly_map, centred_grid, map_median_of  # noqa: E402
+from anomalyvfm.synthetic import DEFECT_TOKEN_FRACTION  # noqa: E402
 from PIL import Image  # noqa: E402
 
 SECOND_SIZE = 224
@@ -211,6 +214,32 @@ def position_offsets(grids: list[torch.Tensor], shape: tuple[int, int]) -> torch
     return torch.stack(resampled).mean(0)
 
 
+def split_half_r(grids: list[torch.Tensor], shape: tuple[int, int]) -> float:
+    """Correlation over the cells of ``position_offsets`` of the even-numbered and of the odd-numbered ``grids``:
+    how repeatable the offsets are across normal images (1: the same map)."""
+    first, second = position_offsets(grids[0::2], shape), position_offsets(grids[1::2], shape)
+    return float(np.corrcoef(first.ravel().numpy(), second.ravel().numpy())[0, 1])
+
+
+def defect_offset_share(offsets: torch.Tensor, grids: list[torch.Tensor], masks: list[np.ndarray | None]) -> float:
+    """Over the defective test images, the mean offset (``offsets`` ``[gh, gw]``, resampled to each grid) on their
+    defect cells (a cell at least ``DEFECT_TOKEN_FRACTION`` covered
+    by the mask, as ``synthetic.token_labels``) divided by those cells' mean distance
+    above their grid's median: the share of a defect's signal the prior at ``w = 1`` would take away."""
+    offset_sum, excess_sum = 0.0, 0.0
+    for grid, mask in zip(grids, masks):
+        if mask is None:
+            continue
+        shape = tuple(grid.shape)
+        cover = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=shape, mode="area")[0, 0]
+        cells = cover >= DEFECT_TOKEN_FRACTION
+        if cells.any():
+            resampled = F.interpolate(offsets[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
+            offset_sum += float(resampled[cells].mean())
+            excess_sum += float((grid.float() - grid.float().median())[cells].mean())
+    return offset_sum / excess_sum
+
+
 def position_rows(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExtractor, size: int
                   ) -> dict[float, tuple[list[np.ndarray], np.ndarray]]:
     """``{w: (centred test maps [H, W], image scores [N])}`` with ``w`` times the validation images' per-position
@@ -226,6 +255,14 @@ def position_rows(tokens: dict[str, token_cache.SplitTokens], extractor: Feature
             offsets[key] = position_offsets(validation, key[1])
         return grid.float() - weight * offsets[key]
 
+    shape = tuple(val_scored.maps[0].shape)
+    masks = run_quality.ground_truth_masks(test)
+    good = [g for g, s in zip(test_scored.maps, test.samples) if s.label == 0]
+    validation_offsets = position_offsets(val_scored.maps, shape)
+    with_test = np.corrcoef(validation_offsets.ravel().numpy(), position_offsets(good, shape).ravel().numpy())[0, 1]
+    print(f"@{size} map offsets on {shape[0]} x {shape[1]} cells: split-half r {split_half_r(val_scored.maps, shape):.3f}, "
+          f"r with the good test images' {with_test:.3f}, share of a defect's excess "
+          f"{defect_offset_share(validation_offsets, test_scored.maps, masks):.3f}", flush=True)
     rows = {}
     for weight in POSITION_WEIGHTS:
         maps = [anomaly_map(centred_grid(less("maps", val_scored.maps, g, weight), reference), s, o)

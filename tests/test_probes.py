@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
 from image_score_probe import VARIANTS, top_percent_mean  # noqa: E402
 import scale_probe  # noqa: E402
-from scale_probe import au_pro_by_group, joined, mirrored_copy, pooled_grid, position_offsets  # noqa: E402
+from scale_probe import (au_pro_by_group, defect_offset_share, joined, mirrored_copy, pooled_grid,  # noqa: E402
+                         position_offsets, split_half_r)
 import dataset_ad2  # noqa: E402
 from PIL import Image  # noqa: E402
 from token_cache import SplitTokens  # noqa: E402
@@ -127,3 +128,21 @@ def test_position_offsets_average_each_cell_above_its_grid_median_and_resample_o
     assert torch.allclose(offsets, torch.tensor([[(-1.0 + 0.0) / 2, (0.0 + 0.0) / 2], [(1.0 + 0.0) / 2, (8.0 + 2.0) / 2]]))
     constant = position_offsets([torch.full((3, 5), 2.0)], (4, 4))  # another shape: resampled, still 0 above median
     assert constant.shape == (4, 4) and torch.equal(constant, torch.zeros(4, 4))
+
+
+def test_split_half_r_is_one_for_repeatable_offsets_and_minus_one_for_opposite_halves():
+    ramp = torch.arange(6.0).reshape(2, 3)
+    assert split_half_r([ramp, ramp * 2, ramp, ramp * 2], (2, 3)) == pytest.approx(1.0)
+    assert split_half_r([ramp, -ramp], (2, 3)) == pytest.approx(-1.0)
+
+
+def test_defect_offset_share_divides_the_offsets_on_defect_cells_by_their_excess():
+    grid = torch.tensor([[0.0, 0.0], [0.0, 4.0]])  # median 0: the defect cell's excess is 4
+    offsets = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    mask = np.zeros((28, 28), dtype=bool)
+    mask[14:, 14:] = True                          # exactly the bottom-right cell
+    good = torch.full((2, 2), 9.0)                 # a good image (no mask) counts for nothing
+    assert defect_offset_share(offsets, [grid, good], [mask, None]) == pytest.approx(1.0 / 4.0)
+    grazed = np.zeros((28, 28), dtype=bool)
+    grazed[14:16, 14:16] = True                    # 4 of 196 pixels: under DEFECT_TOKEN_FRACTION, not a defect cell
+    assert defect_offset_share(offsets, [grid, grid], [mask, grazed]) == pytest.approx(1.0 / 4.0)
