@@ -223,9 +223,9 @@ def split_half_r(grids: list[torch.Tensor], shape: tuple[int, int]) -> float:
 
 def defect_offset_share(offsets: torch.Tensor, grids: list[torch.Tensor], masks: list[np.ndarray | None]) -> float:
     """Over the defective test images, the mean offset (``offsets`` ``[gh, gw]``, resampled to each grid) on their
-    defect cells (a cell at least ``DEFECT_TOKEN_FRACTION`` covered
-    by the mask, as ``synthetic.token_labels``) divided by those cells' mean distance
-    above their grid's median: the share of a defect's signal the prior at ``w = 1`` would take away."""
+    defect cells (a cell at least ``DEFECT_TOKEN_FRACTION`` covered by the mask, as ``synthetic.token_labels``)
+    divided by those cells' mean distance above their grid's median: the share of a defect's signal the prior
+    at ``w = 1`` would take away."""
     offset_sum, excess_sum = 0.0, 0.0
     for grid, mask in zip(grids, masks):
         if mask is None:
@@ -240,10 +240,12 @@ def defect_offset_share(offsets: torch.Tensor, grids: list[torch.Tensor], masks:
     return offset_sum / excess_sum
 
 
-def position_rows(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExtractor, size: int
-                  ) -> dict[float, tuple[list[np.ndarray], np.ndarray]]:
+def position_rows(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndarray | None],
+                  extractor: FeatureExtractor, size: int) -> tuple[dict[float, tuple[list[np.ndarray], np.ndarray]], str]:
     """``{w: (centred test maps [H, W], image scores [N])}`` with ``w`` times the validation images' per-position
-    offsets subtracted from each test grid (maps and image-score grids each with their own offsets)."""
+    offsets subtracted from each test grid (maps and image-score grids each with their own offsets), and a line
+    on the map offsets: ``split_half_r``, their correlation with the good test images' own, ``defect_offset_share``
+    (``masks``: ``run_quality.ground_truth_masks`` of the test images)."""
     test = tokens["test_public"]
     val_scored, test_scored = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
     reference = map_median_of(val_scored.maps)
@@ -256,20 +258,19 @@ def position_rows(tokens: dict[str, token_cache.SplitTokens], extractor: Feature
         return grid.float() - weight * offsets[key]
 
     shape = tuple(val_scored.maps[0].shape)
-    masks = run_quality.ground_truth_masks(test)
+    offsets[("maps", shape)] = position_offsets(val_scored.maps, shape)
     good = [g for g, s in zip(test_scored.maps, test.samples) if s.label == 0]
-    validation_offsets = position_offsets(val_scored.maps, shape)
-    with_test = np.corrcoef(validation_offsets.ravel().numpy(), position_offsets(good, shape).ravel().numpy())[0, 1]
-    print(f"@{size} map offsets on {shape[0]} x {shape[1]} cells: split-half r {split_half_r(val_scored.maps, shape):.3f}, "
-          f"r with the good test images' {with_test:.3f}, share of a defect's excess "
-          f"{defect_offset_share(validation_offsets, test_scored.maps, masks):.3f}", flush=True)
+    with_test = np.corrcoef(offsets[("maps", shape)].ravel().numpy(), position_offsets(good, shape).ravel().numpy())[0, 1]
+    diagnostics = (f"@{size} map offsets on {shape[0]} x {shape[1]} cells: split-half r "
+                   f"{split_half_r(val_scored.maps, shape):.3f}, r with the good test images' {with_test:.3f}, share of a "
+                   f"defect's excess {defect_offset_share(offsets[('maps', shape)], test_scored.maps, masks):.3f}")
     rows = {}
     for weight in POSITION_WEIGHTS:
         maps = [anomaly_map(centred_grid(less("maps", val_scored.maps, g, weight), reference), s, o)
                 for g, s, o in zip(test_scored.maps, test.input_sizes, test.original_sizes)]
         images = [less("images", val_scored.images, g, weight) for g in test_scored.images]
         rows[weight] = (maps, run_quality.Grids(maps=[], images=images).peaks())
-    return rows
+    return rows, diagnostics
 
 
 def main(argv: list[str]) -> int:
@@ -311,7 +312,8 @@ def main(argv: list[str]) -> int:
         if probe == "position":
             samples = tokens["test_public"].samples
             scenes = [dataset_ad2.scene_of(s.relative_path) for s in samples]
-            rows = position_rows(tokens, extractor, size)
+            rows, diagnostics = position_rows(tokens, masks, extractor, size)
+            print(diagnostics, flush=True)
             for weight, (maps, scores) in rows.items():
                 extra = ""
                 if weight:
