@@ -2,6 +2,7 @@
 
     python benchmarks/compare_rows.py tire_ad2@448 magtile_ad2@448
     python benchmarks/compare_rows.py --first="v1.1 (default)" --second="v1.1 --EPOCHS=0" tire_ad2+lighting@448
+    python benchmarks/compare_rows.py --seeds=0,1,2 tire_ad2@448 magtile_ad2@448
 
 Both rows (``run_quality.ROWS``; default: the product against its untrained heads, issue 10's
 "training must earn its place") are fitted on the same cached tokens with the product's own code
@@ -13,7 +14,14 @@ mean over the cases, whose interval averages the cases' draws one by one (the ca
 are drawn independently). An interval that excludes 0 is a difference this test set can tell
 from noise; one that includes it is not.
 
-Writes ``benchmarks/paired_rows.json`` (a comparison of other rows or cases already there is
+``--seeds=0,1,2`` repeats the comparison with each ``SEED`` (synthetic samples, the heads'
+initialisation and batches, the coreset's start and the fit subsamples all follow it): a case's
+difference is then the mean over the seeds, its interval that of the seed-averaged difference (the
+scene draws are the same for every seed, so they average draw by draw), and each seed's difference
+is kept beside it. The scene bootstrap measures the test set's noise; the spread over seeds measures
+the noise of the fit itself, which one seed cannot show.
+
+Writes ``benchmarks/paired_rows.json`` (a comparison of other rows, cases or seeds already there is
 kept, the same one replaced) and prints the table that docs/Training_Objective.md shows
 (``render_tables.py``, table ``paired-rows``).
 """
@@ -26,6 +34,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,10 +56,13 @@ OUTPUT = ROOT / "benchmarks" / "paired_rows.json"
 RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
+METRICS = ("au_pro_0.05", "image_auroc")
 
 
-def compare_case(extractor, backbone: str, case: str, first: str, second: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """Both rows on one ``DATASET@SIZE`` case: ``(entry for paired_rows.json, {metric: bootstrap draws})``."""
+def compare_case(extractor, backbone: str, case: str, first: str, second: str, seeds: Sequence[int] = (0,)
+                 ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Both rows on one ``DATASET@SIZE`` case, once per ``SEED`` in ``seeds``: ``(entry for paired_rows.json,
+    {metric: bootstrap draws of the seed-averaged difference})``."""
     dataset, size = run_quality.parse_case(case)
     tokens = run_quality.case_tokens(extractor, backbone, dataset, size)
     test = tokens["test_public"]
@@ -58,25 +70,44 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str) -
     labels = np.array([s.label for s in test.samples])
     scenes = [dataset_ad2.scene_of(s.relative_path) for s in test.samples]
     defaults = v11.default_config().replace(IMAGE_SIZE=size)
-    outputs, synthetic = {}, None
-    for row in (first, second):
-        settings = defaults.replace(**run_quality.ROWS[row])
-        if needs_synthetic_samples(settings) and synthetic is None:
-            with torch.inference_mode():
-                synthetic = run_quality.synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
-                                                         settings.SEED)
-        outputs[row] = run_quality.row_outputs(tokens, synthetic, settings)
-    a, b = outputs[first], outputs[second]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        values = {row: {"au_pro_0.05": metrics.au_pro(out.test_maps, masks, 0.05, num_bins=run_quality.PRO_BINS),
-                        "image_auroc": metrics.image_auroc(out.scores, labels)} for row, out in outputs.items()}
-        draws = {"au_pro_0.05": paired_au_pro_draws(a.test_maps, b.test_maps, masks, scenes, 0.05,
-                                                    num_bins=run_quality.PRO_BINS, resamples=RESAMPLES, seed=SEED),
-                 "image_auroc": paired_auroc_draws(a.scores, b.scores, labels, scenes, resamples=RESAMPLES, seed=SEED)}
-    entry = {"case": case, "scenes": len(set(scenes)), "images": len(scenes), "first": values[first],
-             "second": values[second], **{name: percentile_interval(*found, LEVEL) for name, found in draws.items()}}
-    return entry, {name: found[1] for name, found in draws.items()}
+    per_seed, seed_draws = [], []
+    for seed in seeds:
+        outputs, synthetic = {}, None
+        for row in (first, second):
+            settings = defaults.replace(SEED=seed).replace(**run_quality.ROWS[row])
+            if needs_synthetic_samples(settings) and synthetic is None:
+                with torch.inference_mode():
+                    synthetic = run_quality.synthetic_tokens(extractor, tokens["train"], size,
+                                                             settings.SYNTHETIC_SAMPLES, settings.SEED)
+            outputs[row] = run_quality.row_outputs(tokens, synthetic, settings)
+        a, b = outputs[first], outputs[second]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
+            values = {row: {"au_pro_0.05": metrics.au_pro(out.test_maps, masks, 0.05, num_bins=run_quality.PRO_BINS),
+                            "image_auroc": metrics.image_auroc(out.scores, labels)} for row, out in outputs.items()}
+            # The resampling seed is fixed (SEED), so every training seed sees the same draws of the scenes.
+            draws = {"au_pro_0.05": paired_au_pro_draws(a.test_maps, b.test_maps, masks, scenes, 0.05,
+                                                        num_bins=run_quality.PRO_BINS, resamples=RESAMPLES, seed=SEED),
+                     "image_auroc": paired_auroc_draws(a.scores, b.scores, labels, scenes, resamples=RESAMPLES,
+                                                       seed=SEED)}
+        per_seed.append({"seed": seed, "first": values[first], "second": values[second],
+                         **{name: found[0] for name, found in draws.items()}})
+        seed_draws.append({name: found[1] for name, found in draws.items()})
+    averaged = {name: seed_average(per_seed, seed_draws, name) for name in METRICS}
+    entry = {"case": case, "scenes": len(set(scenes)), "images": len(scenes),
+             **{side: {name: float(np.mean([s[side][name] for s in per_seed])) for name in METRICS}
+                for side in ("first", "second")},
+             **{name: percentile_interval(*found, LEVEL) for name, found in averaged.items()}, "per_seed": per_seed}
+    return entry, {name: found[1] for name, found in averaged.items()}
+
+
+def seed_average(per_seed: list[dict], seed_draws: list[dict[str, np.ndarray]], metric: str
+                 ) -> tuple[float, np.ndarray]:
+    """``metric``'s difference averaged over the seeds, and its bootstrap draws averaged draw by draw
+    (``[resamples]``; empty when some seed's difference is undefined, as ``paired_*_draws`` returns it)."""
+    if any(len(d[metric]) == 0 for d in seed_draws):
+        return float("nan"), np.empty(0)
+    return float(np.mean([s[metric] for s in per_seed])), np.stack([d[metric] for d in seed_draws]).mean(0)
 
 
 def mean_interval(entries: list[dict], draws: list[dict[str, np.ndarray]], metric: str) -> dict:
@@ -86,13 +117,26 @@ def mean_interval(entries: list[dict], draws: list[dict[str, np.ndarray]], metri
 
 
 def save(comparison: dict, output: Path = OUTPUT) -> dict:
-    """Add ``comparison`` to ``output`` (replacing one of the same rows and cases) and write it."""
+    """Add ``comparison`` to ``output`` (replacing one of the same rows, cases and seeds) and write it."""
     report = json.loads(output.read_text()) if output.is_file() else {"comparisons": []}
-    key = (comparison["first"], comparison["second"], [e["case"] for e in comparison["cases"]])
-    report["comparisons"] = [c for c in report["comparisons"]
-                             if (c["first"], c["second"], [e["case"] for e in c["cases"]]) != key] + [comparison]
+
+    def key(c: dict) -> tuple:
+        return c["first"], c["second"], [e["case"] for e in c["cases"]], c.get("training_seeds", [0])
+
+    report["comparisons"] = [c for c in report["comparisons"] if key(c) != key(comparison)] + [comparison]
     output.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` as ``[0, 1, 2]``: distinct non-negative integers, at least one."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ValueError(f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"each seed once, got {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                         "its stressed copy)")
     parser.add_argument("--first", default="v1.1 (default)")
     parser.add_argument("--second", default="v1.1 --EPOCHS=0")
+    parser.add_argument("--seeds", default="0", help="comma-separated SEED values, each fitting both rows "
+                        "anew; the differences are averaged over them (default: 0)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        print(f"error: --seeds: {error}", file=sys.stderr)
+        return 2
     unknown = [row for row in (args.first, args.second) if row not in run_quality.ROWS]
     if unknown or args.first == args.second:
         print(f"error: --first and --second must be two different rows of {list(run_quality.ROWS)}, got "
@@ -116,15 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     start, commit = time.perf_counter(), code_commit()
     entries, draws = [], []
     for case in args.cases:
-        entry, found = compare_case(extractor, backbone, case, args.first, args.second)
+        entry, found = compare_case(extractor, backbone, case, args.first, args.second, seeds)
         entries.append(entry)
         draws.append(found)
         print(f"{case}: {render_tables.paired_cell(entry['au_pro_0.05'])} AU-PRO@0.05, "
-              f"{render_tables.paired_cell(entry['image_auroc'])} image AUROC", flush=True)
+              f"{render_tables.paired_cell(entry['image_auroc'])} image AUROC"
+              + (f" (per seed {render_tables.per_seed_cell(entry['per_seed'], 'au_pro_0.05')})"
+                 if len(seeds) > 1 else ""), flush=True)
     comparison = {"first": args.first, "second": args.second, "commit": commit, "date": time.strftime("%Y-%m-%d"),
                   "backbone": run_quality.recorded_backbone(backbone), "resamples": RESAMPLES, "level": LEVEL,
-                  "seed": SEED, "cases": entries,
-                  "mean": {metric: mean_interval(entries, draws, metric) for metric in ("au_pro_0.05", "image_auroc")},
+                  "seed": SEED, "training_seeds": seeds, "cases": entries,
+                  "mean": {metric: mean_interval(entries, draws, metric) for metric in METRICS},
                   "seconds": round(time.perf_counter() - start)}
     print(render_tables.paired_rows(save(comparison, args.output)))
     return 0

@@ -207,9 +207,15 @@ def paired_cell(interval: dict, digits: int = 4) -> str:
     return f"{difference} [{low}, {high}]"
 
 
+def per_seed_cell(per_seed: list[dict], metric: str, digits: int = 4) -> str:
+    """``+0.0081 / +0.0012 / +0.0046``: each seed's difference of ``metric``, in the order run."""
+    return " / ".join(f"{s[metric]:+.{digits}f}" for s in per_seed)
+
+
 def paired_rows(report: dict | None = None, second_row: str | None = None) -> str:
     """compare_rows.py's comparisons (those against ``second_row`` only, when given): per case both rows'
-    AU-PRO@0.05 and image AUROC, the first minus the second with its bootstrap interval, and the mean over the cases."""
+    AU-PRO@0.05 and image AUROC, the first minus the second with its bootstrap interval, and the mean over the cases.
+    A comparison over several seeds shows the seed means and a column with each seed's AU-PRO@0.05 difference."""
     report = report if report is not None else _load("paired_rows.json")
     comparisons = [] if report is None else [c for c in report["comparisons"]
                                              if second_row is None or c["second"] == second_row]
@@ -219,19 +225,34 @@ def paired_rows(report: dict | None = None, second_row: str | None = None) -> st
     lines = []
     for comparison in comparisons:
         first, second = comparison["first"], comparison["second"]
-        lines += [f"`python benchmarks/compare_rows.py --first=\"{first}\" --second=\"{second}\" "
+        seeds = comparison.get("training_seeds", [0])
+        several = len(seeds) > 1
+        seeds_flag = f"--seeds={','.join(map(str, seeds))} " if several else ""
+        lines += [f"`python benchmarks/compare_rows.py {seeds_flag}--first=\"{first}\" --second=\"{second}\" "
                   f"{' '.join(e['case'] for e in comparison['cases'])}` (commit {comparison['commit']}, "
                   f"{comparison['date']}, backbone {_shown_path(comparison['backbone'])}): first minus second, "
-                  f"{comparison['level'] * 100:.0f} % interval of {comparison['resamples']} scene-bootstrap draws.", "",
-                  f"| case | scenes | AU-PRO@0.05 {first} | {second} | difference | image AUROC {first} | {second} "
-                  "| difference |", "|---|---:|---:|---:|---|---:|---:|---|"]
+                  f"{comparison['level'] * 100:.0f} % interval of {comparison['resamples']} scene-bootstrap draws"
+                  + (f"; every value the mean over SEED {', '.join(map(str, seeds))}, each seed fitting both rows "
+                     "anew." if several else "."), "",
+                  f"| case | scenes | AU-PRO@0.05 {first} | {second} | difference |"
+                  + (" per seed |" if several else "")
+                  + f" image AUROC {first} | {second} | difference |",
+                  "|---|---:|---:|---:|---|" + ("---|" if several else "") + "---:|---:|---|"]
         for entry in comparison["cases"]:
             lines.append(f"| {entry['case']} | {entry['scenes']} | {fmt(entry['first']['au_pro_0.05'])} | "
                          f"{fmt(entry['second']['au_pro_0.05'])} | {paired_cell(entry['au_pro_0.05'])} | "
-                         f"{fmt(entry['first']['image_auroc'])} | {fmt(entry['second']['image_auroc'])} | "
+                         + (f"{per_seed_cell(entry['per_seed'], 'au_pro_0.05')} | " if several else "")
+                         + f"{fmt(entry['first']['image_auroc'])} | {fmt(entry['second']['image_auroc'])} | "
                          f"{paired_cell(entry['image_auroc'])} |")
         mean = comparison["mean"]
-        lines += [f"| mean | | | | {paired_cell(mean['au_pro_0.05'])} | | | {paired_cell(mean['image_auroc'])} |", ""]
+        seed_means = ""
+        if several:  # each seed's difference averaged over the cases
+            cases = comparison["cases"]
+            by_seed = [{"au_pro_0.05": sum(e["per_seed"][i]["au_pro_0.05"] for e in cases) / len(cases)}
+                       for i in range(len(seeds))]
+            seed_means = f" {per_seed_cell(by_seed, 'au_pro_0.05')} |"
+        lines += [f"| mean | | | | {paired_cell(mean['au_pro_0.05'])} |{seed_means} | | "
+                  f"{paired_cell(mean['image_auroc'])} |", ""]
     return "\n".join(lines).rstrip("\n")
 
 

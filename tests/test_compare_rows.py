@@ -75,3 +75,113 @@ def test_each_paired_table_shows_the_comparisons_against_its_own_second_row():
     assert render_tables.paired_rows(report, second_row="v1.1 --KNN_SHRINKAGE=1").startswith(
         "No comparison against 'v1.1 --KNN_SHRINKAGE=1' in `benchmarks/paired_rows.json` yet")
     assert set(render_tables.PAIRED_TABLES.values()) <= set(compare_rows.run_quality.ROWS)
+
+
+def test_seeds_are_parsed_strictly(capsys):
+    assert compare_rows.parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("", "a", "-1", "1.5", "0,0"):
+        with pytest.raises(ValueError):
+            compare_rows.parse_seeds(bad)
+    assert compare_rows.main(["tire_ad2@448", "--seeds=0,x"]) == 2
+    assert "--seeds: expected comma-separated non-negative integers" in capsys.readouterr().err
+
+
+def test_seed_average_averages_differences_and_draws_draw_by_draw():
+    per_seed = [{"au_pro_0.05": 0.01}, {"au_pro_0.05": 0.03}]
+    draws = [{"au_pro_0.05": np.array([0.0, 0.02, np.nan])}, {"au_pro_0.05": np.array([0.04, 0.0, 0.1])}]
+    difference, averaged = compare_rows.seed_average(per_seed, draws, "au_pro_0.05")
+    assert difference == pytest.approx(0.02)
+    np.testing.assert_allclose(averaged, [0.02, 0.01, np.nan])
+    undefined = [{"au_pro_0.05": np.array([0.0, 0.02, 0.01])}, {"au_pro_0.05": np.empty(0)}]
+    difference, averaged = compare_rows.seed_average([{"au_pro_0.05": 0.01}, {"au_pro_0.05": float("nan")}],
+                                                     undefined, "au_pro_0.05")
+    assert np.isnan(difference) and averaged.size == 0
+
+
+class _Sample:
+    def __init__(self, name: str, label: int):
+        self.relative_path, self.label = f"test_public/{'bad' if label else 'good'}/{name}", label
+
+
+def _fake_case(monkeypatch, synthetic_seeds: list):
+    """compare_case on four generated test images whose maps and scores depend on the row (EPOCHS) and SEED."""
+    samples = [_Sample("000_regular.png", 0), _Sample("001_regular.png", 0), _Sample("002_regular.png", 1),
+               _Sample("003_regular.png", 1)]
+    masks = [None, None, np.zeros((8, 8), bool), np.zeros((8, 8), bool)]
+    masks[2][2:5, 2:5] = True
+    masks[3][5:8, 0:3] = True
+
+    class Split:
+        pass
+
+    test = Split()
+    test.samples = samples
+    monkeypatch.setattr(compare_rows.run_quality, "parse_case", lambda case: ("generated", 224))  # no ../shared needed
+    monkeypatch.setattr(compare_rows.run_quality, "case_tokens", lambda *a: {"test_public": test, "train": None})
+    monkeypatch.setattr(compare_rows.run_quality, "ground_truth_masks", lambda split: masks)
+    monkeypatch.setattr(compare_rows.run_quality, "synthetic_tokens",
+                        lambda extractor, train, size, count, seed: synthetic_seeds.append(seed) or "tokens")
+
+    def outputs(tokens, synthetic, settings):
+        rng = np.random.default_rng(1000 * settings.SEED + settings.EPOCHS)
+        maps = [rng.random((8, 8)) + (2 * m if m is not None else 0) * rng.random() for m in masks]
+        return compare_rows.run_quality.RowOutputs(val_maps=[], test_maps=maps, scores=rng.random(4),
+                                                   losses=[], score_seconds=0.0, map_seconds=0.0)
+
+    monkeypatch.setattr(compare_rows.run_quality, "row_outputs", outputs)
+    return masks, outputs
+
+
+def test_compare_case_averages_each_seeds_paired_difference(monkeypatch):
+    synthetic_seeds = []
+    masks, outputs = _fake_case(monkeypatch, synthetic_seeds)
+    monkeypatch.setattr(compare_rows, "RESAMPLES", 50)
+    entry, draws = compare_rows.compare_case(None, "backbone", "generated@224", "v1.1 (default)", "v1.1 --EPOCHS=0",
+                                             seeds=[0, 3])
+    assert synthetic_seeds == [0, 3]  # the trained row's synthetic samples follow the seed
+    defaults = compare_rows.v11.default_config().replace(IMAGE_SIZE=224)
+    labels = np.array([0, 0, 1, 1])
+    expected = []
+    for seed in (0, 3):
+        first = outputs(None, None, defaults.replace(SEED=seed))
+        second = outputs(None, None, defaults.replace(SEED=seed, EPOCHS=0))
+        expected.append(compare_rows.metrics.au_pro(first.test_maps, masks, 0.05, num_bins=compare_rows.run_quality.PRO_BINS)
+                        - compare_rows.metrics.au_pro(second.test_maps, masks, 0.05,
+                                                      num_bins=compare_rows.run_quality.PRO_BINS))
+        assert entry["per_seed"][len(expected) - 1]["image_auroc"] == pytest.approx(
+            compare_rows.metrics.image_auroc(first.scores, labels) - compare_rows.metrics.image_auroc(second.scores, labels))
+    assert [s["seed"] for s in entry["per_seed"]] == [0, 3]
+    assert [s["au_pro_0.05"] for s in entry["per_seed"]] == pytest.approx(expected)
+    assert entry["au_pro_0.05"]["difference"] == pytest.approx(np.mean(expected))
+    assert entry["first"]["au_pro_0.05"] - entry["second"]["au_pro_0.05"] == pytest.approx(np.mean(expected))
+    assert draws["au_pro_0.05"].shape == (50,)
+    assert entry["scenes"] == 4 and entry["images"] == 4
+
+
+def test_one_seed_gives_the_single_run_comparison(monkeypatch):
+    _fake_case(monkeypatch, [])
+    monkeypatch.setattr(compare_rows, "RESAMPLES", 50)
+    one, _ = compare_rows.compare_case(None, "b", "generated@224", "v1.1 (default)", "v1.1 --EPOCHS=0", seeds=[3])
+    two, _ = compare_rows.compare_case(None, "b", "generated@224", "v1.1 (default)", "v1.1 --EPOCHS=0", seeds=[3, 3])
+    assert one["au_pro_0.05"] == two["au_pro_0.05"]  # the same seed twice averages to itself, draws included
+    assert one["per_seed"][0]["au_pro_0.05"] == one["au_pro_0.05"]["difference"]
+
+
+def test_a_comparison_over_other_seeds_is_kept_beside_the_single_seed_one(tmp_path):
+    output = tmp_path / "paired.json"
+    compare_rows.save(_comparison(), output)
+    seeded = _comparison() | {"training_seeds": [0, 1, 2]}
+    report = compare_rows.save(seeded, output)
+    assert [c.get("training_seeds", [0]) for c in report["comparisons"]] == [[0], [0, 1, 2]]
+
+
+def test_paired_rows_table_over_seeds_shows_each_seed():
+    comparison = _comparison() | {"training_seeds": [0, 1]}
+    for entry, seeds in zip(comparison["cases"], ([0.002, 0.006], [0.01, -0.002])):
+        entry["per_seed"] = [{"seed": i, "au_pro_0.05": d} for i, d in enumerate(seeds)]
+    lines = render_tables.paired_rows({"comparisons": [comparison]}).splitlines()
+    assert lines[0].startswith('`python benchmarks/compare_rows.py --seeds=0,1 --first="v1.1 (default)"')
+    assert "every value the mean over SEED 0, 1" in lines[0]
+    assert "| tire_ad2@448 | 112 | 0.7800 | 0.7760 | +0.0040 [-0.0030, +0.0112] | +0.0020 / +0.0060 | 0.7400 |" \
+        in "\n".join(lines)
+    assert lines[-1] == "| mean | | | | +0.0040 [-0.0010, +0.0090] | +0.0060 / +0.0020 | | | +0.0080 [-0.0100, +0.0250] |"
