@@ -128,17 +128,6 @@ def save(comparison: dict, output: Path = OUTPUT) -> dict:
     return report
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` as ``[0, 1, 2]``: distinct non-negative integers, at least one."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() for part in parts):
-        raise ValueError(f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}")
-    seeds = [int(part) for part in parts]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"each seed once, got {text!r}")
-    return seeds
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="+", help="DATASET@SIZE (a folder under ../shared/datasets, +lighting for "
@@ -150,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     try:
-        seeds = parse_seeds(args.seeds)
+        seeds = run_quality.parse_seeds(args.seeds)
     except ValueError as error:
-        print(f"error: --seeds: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     unknown = [row for row in (args.first, args.second) if row not in run_quality.ROWS]
     if unknown or args.first == args.second:

@@ -305,6 +305,17 @@ def parse_case(case: str, root: Path = SHARED / "datasets") -> tuple[str, int]:
     return name, int(size)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` as ``[0, 1, 2]``: distinct non-negative integers, at least one."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ValueError(f"--seeds expects comma-separated non-negative integers such as 0,1,2, got {text!r}")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds expects each seed once, got {text!r}")
+    return seeds
+
+
 def probe_setup(cases: list[str]) -> tuple[list[tuple[str, int]], FeatureExtractor, str]:
     """A probe's ``DATASET@SIZE`` arguments parsed (``parse_case``; ``ValueError`` before any work), and
     the shared backbone's feature extractor at the default FEATURE_LAYERS with the backbone's path."""

@@ -78,12 +78,12 @@ def test_each_paired_table_shows_the_comparisons_against_its_own_second_row():
 
 
 def test_seeds_are_parsed_strictly(capsys):
-    assert compare_rows.parse_seeds("0, 1,2") == [0, 1, 2]
+    assert compare_rows.run_quality.parse_seeds("0, 1,2") == [0, 1, 2]
     for bad in ("", "a", "-1", "1.5", "0,0"):
         with pytest.raises(ValueError):
-            compare_rows.parse_seeds(bad)
+            compare_rows.run_quality.parse_seeds(bad)
     assert compare_rows.main(["tire_ad2@448", "--seeds=0,x"]) == 2
-    assert "--seeds: expected comma-separated non-negative integers" in capsys.readouterr().err
+    assert "--seeds expects comma-separated non-negative integers" in capsys.readouterr().err
 
 
 def test_seed_average_averages_differences_and_draws_draw_by_draw():

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
-from image_score_probe import VARIANTS, top_percent_mean  # noqa: E402
+from image_score_probe import VARIANTS, gap_table, variant_aurocs, top_percent_mean  # noqa: E402
 import scale_probe  # noqa: E402
 from scale_probe import (au_pro_by_group, defect_offset_share, joined, mirrored_copy, pooled_grid,  # noqa: E402
                          position_offsets, split_half_r)
@@ -51,6 +51,23 @@ def test_image_score_variants_on_a_hand_computed_grid():
     top_k = [199.0 - (k - 1) / 2 - 99 for k in (1, 2, 3, 4, 5, 6, 8)]
     assert [VARIANTS[name](grid) for name in VARIANTS] == [198.5, 198.5 - 99, 199.0, *top_k]
     assert [lighting_group(name) for name in ("regular", "shift_3", "underexposed")] == ["regular", "shift", "underexposed"]
+
+
+def test_image_score_probe_aurocs_per_group_and_the_gap_averaged_over_seeds():
+    # Four images: a good and a defective one in regular light, the same re-lit; each grid constant but one peak.
+    def grid(peak: float) -> torch.Tensor:
+        g = torch.zeros(4, 4)
+        g[1, 2] = peak
+        return g
+
+    labels, groups = np.array([0, 1, 0, 1]), np.array(["regular", "regular", "shift", "shift"])
+    found = variant_aurocs([grid(1.0), grid(3.0), grid(4.0), grid(2.0)], labels, groups, ["regular", "shift"])
+    # "max": regular 3 > 1 (AUROC 1), shift 2 < 4 (0); pooled pairs (good, bad): (1,3) (1,2) (4,3) (4,2) -> 2 of 4
+    assert found["max"] == (0.5, [1.0, 0.0])
+    table = gap_table({0: found, 5: {v: (0.75, [0.5, 1.0]) for v in VARIANTS}}, ["regular", "shift"]).splitlines()
+    assert table[0] == "| image score | SEED 0 | SEED 5 | mean pooled | mean regular | mean gap |"
+    # max: gaps 0.5 - 1 = -0.5 and 0.75 - 0.5 = +0.25; means pooled 0.625, regular 0.75, gap -0.125
+    assert "| max | -0.5000 | +0.2500 | 0.6250 | 0.7500 | -0.1250 |" in table
 
 
 def test_blur_probe_reports_au_pro_per_lighting_group_with_the_shifts_as_one():
