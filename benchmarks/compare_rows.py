@@ -83,16 +83,16 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str, s
         a, b = outputs[first], outputs[second]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-            values = {row: {"au_pro_0.05": metrics.au_pro(out.test_maps, masks, 0.05, num_bins=run_quality.PRO_BINS),
-                            "image_auroc": metrics.image_auroc(out.scores, labels)} for row, out in outputs.items()}
-            # The resampling seed is fixed (SEED), so every training seed sees the same draws of the scenes.
-            draws = {"au_pro_0.05": paired_au_pro_draws(a.test_maps, b.test_maps, masks, scenes, 0.05,
+            # Each row's value and the draws of the difference, from one read of its maps. The resampling
+            # seed is fixed (SEED), so every training seed sees the same draws of the scenes.
+            found = {"au_pro_0.05": paired_au_pro_draws(a.test_maps, b.test_maps, masks, scenes, 0.05,
                                                         num_bins=run_quality.PRO_BINS, resamples=RESAMPLES, seed=SEED),
                      "image_auroc": paired_auroc_draws(a.scores, b.scores, labels, scenes, resamples=RESAMPLES,
                                                        seed=SEED)}
-        per_seed.append({"seed": seed, "first": values[first], "second": values[second],
-                         **{name: found[0] for name, found in draws.items()}})
-        seed_draws.append({name: found[1] for name, found in draws.items()})
+        per_seed.append({"seed": seed, **{side: {name: f[index] for name, f in found.items()}
+                                          for index, side in enumerate(("first", "second"))},
+                         **{name: f[0] - f[1] for name, f in found.items()}})
+        seed_draws.append({name: f[2] for name, f in found.items()})
     averaged = {name: seed_average(per_seed, seed_draws, name) for name in METRICS}
     entry = {"case": case, "scenes": len(set(scenes)), "images": len(scenes),
              **{side: {name: float(np.mean([s[side][name] for s in per_seed])) for name in METRICS}

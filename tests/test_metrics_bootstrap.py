@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from anomalyvfm.metrics import UndefinedMetricWarning, au_pro, auroc_difference_interval, paired_au_pro_interval, \
     paired_auroc_interval
-from anomalyvfm.metrics.bootstrap import _ImageLevels, scene_weights, weighted_aurocs
+from anomalyvfm.metrics.bootstrap import _ImageLevels, paired_au_pro_draws, paired_auroc_draws, scene_weights, \
+    weighted_aurocs
 
 
 def test_weighted_auroc_by_hand():
@@ -119,6 +120,47 @@ def test_paired_au_pro_difference_is_the_difference_of_au_pros():
     assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
 
 
+class _CountedReads(list):
+    """A list of maps that counts how often the metric code walks through it (one pass reads every map)."""
+
+    passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return super().__iter__()
+
+
+def test_paired_au_pro_gives_each_rows_au_pro_from_one_read_of_its_maps():
+    maps, masks, clusters = _scene_data(seed=5)
+    other = [np.clip(m + (m > 6), 0, 9).astype(np.float32) for m in maps]
+    counted_first, counted_second = _CountedReads(maps), _CountedReads(other)
+    first, second, draws = paired_au_pro_draws(counted_first, counted_second, masks, clusters, 0.3, num_bins=1000,
+                                               resamples=40)
+    assert first == pytest.approx(au_pro(maps, masks, 0.3, num_bins=1000), abs=1e-12)
+    assert second == pytest.approx(au_pro(other, masks, 0.3, num_bins=1000), abs=1e-12)
+    assert draws.shape == (40,)
+    # One pass for the score range, one for the histograms, which serve the value and every draw.
+    assert counted_first.passes == counted_second.passes == 2
+
+
+def test_paired_au_pro_undefined_warns_without_draws_and_bad_limit_raises_before_reading():
+    maps, _, clusters = _scene_data(seed=1)
+    no_defects = [None] * len(maps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second, draws = paired_au_pro_draws(maps, maps, no_defects, clusters, 0.05, num_bins=100)
+    assert np.isnan(first) and np.isnan(second) and draws.size == 0
+    assert any("no defect regions" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert np.isnan(paired_au_pro_draws([], [], [], [], 0.05)[0])
+    assert any("no test images" in str(w.message) for w in caught)
+    counted = _CountedReads(maps)
+    with pytest.raises(ValueError, match="FPR limit"):
+        paired_au_pro_draws(counted, counted, no_defects, clusters, 1.5)
+    assert counted.passes == 0
+
+
 def test_paired_au_pro_draws_match_the_resampled_test_set_recomputed():
     # Values 0..9 over 10 bins: every value has its own bin, so the binned AU-PRO of any draw equals the
     # exact AU-PRO of that draw's images listed as often as their scene was drawn (the slow reference).
@@ -140,6 +182,8 @@ def test_paired_auroc_matches_sklearn_on_each_draw():
     first, second = labels + rng.normal(0, 0.7, 30), labels + rng.normal(0, 1.0, 30)
     result = paired_auroc_interval(first, second, labels, clusters, resamples=200, seed=5)
     assert result["difference"] == pytest.approx(roc_auc_score(labels, first) - roc_auc_score(labels, second))
+    own_first, own_second, _ = paired_auroc_draws(first, second, labels, clusters, resamples=10)
+    assert (own_first, own_second) == pytest.approx((roc_auc_score(labels, first), roc_auc_score(labels, second)))
     weights = scene_weights(clusters, 200, seed=5)
     draws = [roc_auc_score(labels, first, sample_weight=w) - roc_auc_score(labels, second, sample_weight=w)
              for w in weights if len(set(labels[w > 0])) == 2]

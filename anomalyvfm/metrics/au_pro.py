@@ -204,10 +204,21 @@ def au_pro_multi(anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSourc
     Undefined cases (no images, no regions, no defect-free pixels, all scores equal) give NaN
     with an UndefinedMetricWarning; NaN/inf in a map, or mismatched shapes, raise ValueError.
     """
+    limits = checked_limits(fpr_limits)  # before any map is read
+    return areas(_levels(anomaly_maps, gt_masks, num_bins) if len(anomaly_maps) else None, limits)
+
+
+def checked_limits(fpr_limits: Iterable[float]) -> list[float]:
+    """``fpr_limits`` as floats; ValueError unless each lies in (0, 1]."""
     limits = [float(limit) for limit in fpr_limits]
     if not all(0 < limit <= 1 for limit in limits):
         raise ValueError(f"every FPR limit must be in (0, 1], got {limits}")
-    levels = _levels(anomaly_maps, gt_masks, num_bins) if len(anomaly_maps) else None
+    return limits
+
+
+def areas(levels: _Levels | None, limits: Sequence[float]) -> dict[float, float]:
+    """AU-PRO for each limit in ``limits`` (each in (0, 1]) from the levels of the whole test set (None: no
+    test images): ``{limit: value}``, NaN with an UndefinedMetricWarning where it is undefined."""
     reason = _undefined_reason(levels)
     if reason is None and levels.constant:
         reason = "all anomaly scores are equal (a single threshold ranks nothing)"

@@ -16,8 +16,10 @@ streaming AU-PRO (``au_pro(..., num_bins=k)``) of the weighted sum of each image
 - ``auroc_difference_interval``: one score per image; two subsets of the images (all lights against
   regular light).
 - ``paired_auroc_interval``, ``paired_au_pro_interval``: two methods (or settings) on the same test
-  images, the first minus the second; ``..._draws`` give the draws themselves, so that differences on
-  independent datasets can be averaged draw by draw (``percentile_interval`` of the mean).
+  images, the first minus the second; ``..._draws`` give each method's own value and the draws of the
+  difference, so that differences on independent datasets can be averaged draw by draw
+  (``percentile_interval`` of the mean). Each set of maps is read and histogrammed once: its AU-PRO is
+  that of the unweighted sum of the histograms the draws reuse.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from anomalyvfm.metrics._io import MapSource, MaskSource, check_lengths
-from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, _curve, _Levels, _normalised_area, au_pro, image_histograms, \
-    score_range
+from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, _curve, _Levels, _normalised_area, areas, au_pro, \
+    checked_limits, image_histograms, score_range
 from anomalyvfm.metrics.image_metrics import _scores_and_labels, image_auroc
 from anomalyvfm.metrics.undefined import undefined
 
@@ -114,18 +116,19 @@ def auroc_difference_interval(scores: ArrayLike, labels: ArrayLike, first: Array
 
 
 def paired_auroc_draws(first_scores: ArrayLike, second_scores: ArrayLike, labels: ArrayLike, clusters: Sequence[str],
-                       *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, np.ndarray]:
-    """Image AUROC of ``first_scores`` minus that of ``second_scores`` (``[N]`` each, the same test images,
-    ``labels`` ``[N]``) and its value on each seeded draw of the scenes (``clusters`` ``[N]``): ``(difference,
-    [resamples])``, NaN where a draw lacks a class. ``(NaN, [])`` where the difference is undefined."""
+                       *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float, np.ndarray]:
+    """Image AUROC of ``first_scores`` and of ``second_scores`` (``[N]`` each, the same test images, ``labels``
+    ``[N]``) and the first minus the second on each seeded draw of the scenes (``clusters`` ``[N]``):
+    ``(first, second, [resamples])``, NaN where a draw lacks a class; no draws (``[]``) where either AUROC
+    is undefined."""
     first, labels = _scores_and_labels(first_scores, labels)
     second, _ = _scores_and_labels(second_scores, labels)
     check_lengths(first_scores=first, second_scores=second, clusters=clusters)
-    difference = image_auroc(first, labels) - image_auroc(second, labels)
-    if np.isnan(difference):  # image_auroc already warned
-        return difference, np.empty(0)
+    first_value, second_value = image_auroc(first, labels), image_auroc(second, labels)
+    if np.isnan(first_value - second_value):  # image_auroc already warned
+        return first_value, second_value, np.empty(0)
     weights = scene_weights(clusters, resamples, seed)
-    return difference, weighted_aurocs(first, labels, weights) - weighted_aurocs(second, labels, weights)
+    return first_value, second_value, weighted_aurocs(first, labels, weights) - weighted_aurocs(second, labels, weights)
 
 
 def paired_auroc_interval(first_scores: ArrayLike, second_scores: ArrayLike, labels: ArrayLike,
@@ -133,13 +136,15 @@ def paired_auroc_interval(first_scores: ArrayLike, second_scores: ArrayLike, lab
                           seed: int = 0) -> dict[str, float]:
     """``paired_auroc_draws`` as ``{"difference", "low", "high", "resamples"}`` (``percentile_interval``)."""
     _check_level(level)
-    return percentile_interval(*paired_auroc_draws(first_scores, second_scores, labels, clusters, resamples=resamples,
-                                                   seed=seed), level)
+    first, second, draws = paired_auroc_draws(first_scores, second_scores, labels, clusters, resamples=resamples,
+                                              seed=seed)
+    return percentile_interval(first - second, draws, level)
 
 
 class _ImageLevels:
     """Each test image's streaming AU-PRO histograms (``au_pro.image_histograms``) ``[N, k]`` and region
-    counts ``[N]``; ``au_pros(weights)`` is the AU-PRO of every weighting ``[R, N]`` of the images."""
+    counts ``[N]`` (N >= 1); ``au_pro`` is the AU-PRO of the test set as it is, ``au_pros(weights)`` that of
+    every weighting ``[R, N]`` of its images."""
 
     def __init__(self, anomaly_maps: Sequence[MapSource], gt_masks: Sequence[MaskSource], num_bins: int) -> None:
         low, high = score_range(anomaly_maps)
@@ -147,6 +152,12 @@ class _ImageLevels:
         self.totals, self.region_counts, self.region_weights = (np.stack(p).astype(np.float64) for p in parts[:3])
         self.regions = np.asarray(parts[3], dtype=np.float64)
         self.constant = high == low
+
+    def au_pro(self, fpr_limit: float) -> float:
+        """``au_pro(anomaly_maps, gt_masks, fpr_limit, num_bins=k)`` from the histograms (warns where undefined)."""
+        levels = _Levels(self.totals.sum(0), self.region_counts.sum(0), self.region_weights.sum(0),
+                         int(self.regions.sum()), self.constant)
+        return areas(levels, [float(fpr_limit)])[float(fpr_limit)]
 
     def au_pros(self, weights: np.ndarray, fpr_limit: float, chunk: int = 64) -> np.ndarray:
         out = np.full(len(weights), np.nan)
@@ -164,21 +175,24 @@ class _ImageLevels:
 def paired_au_pro_draws(first_maps: Sequence[MapSource], second_maps: Sequence[MapSource],
                         gt_masks: Sequence[MaskSource], clusters: Sequence[str], fpr_limit: float = 0.05, *,
                         num_bins: int = DEFAULT_NUM_BINS, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
-                        ) -> tuple[float, np.ndarray]:
-    """AU-PRO up to ``fpr_limit`` of ``first_maps`` minus that of ``second_maps`` (the same test images; maps
-    and masks as for ``au_pro``), streaming with ``num_bins`` bins, and its value on each seeded draw of the
-    scenes (``clusters`` ``[N]``): ``(difference, [resamples])``. The difference equals
-    ``au_pro(first_maps, ...) - au_pro(second_maps, ...)`` at the same ``num_bins``; ``(NaN, [])`` where it
-    is undefined. Memory: up to 48 bytes per image and bin for each set of maps (20 000 bins, 1 000 images:
-    about 1 GB), 24 once its histograms are built."""
+                        ) -> tuple[float, float, np.ndarray]:
+    """AU-PRO up to ``fpr_limit`` of ``first_maps`` and of ``second_maps`` (the same test images; maps and
+    masks as for ``au_pro``), streaming with ``num_bins`` bins, and the first minus the second on each
+    seeded draw of the scenes (``clusters`` ``[N]``): ``(first, second, [resamples])``. Each value equals
+    ``au_pro(maps, gt_masks, fpr_limit, num_bins=num_bins)``, from the same single read of the maps the
+    draws use; no draws (``[]``) where either is undefined. Memory: up to 48 bytes per image and bin for
+    each set of maps (20 000 bins, 1 000 images: about 1 GB), 24 once its histograms are built."""
     check_lengths(first_maps=first_maps, second_maps=second_maps, gt_masks=gt_masks, clusters=clusters)
-    difference = au_pro(first_maps, gt_masks, fpr_limit, num_bins=num_bins) \
-        - au_pro(second_maps, gt_masks, fpr_limit, num_bins=num_bins)
-    if np.isnan(difference):  # au_pro already warned
-        return difference, np.empty(0)
-    weights = scene_weights(clusters, resamples, seed)
+    checked_limits([fpr_limit])  # before any map is read
+    if not len(first_maps):
+        nan = au_pro(first_maps, gt_masks, fpr_limit, num_bins=num_bins)  # warns: no test images
+        return nan, nan, np.empty(0)
     first, second = _ImageLevels(first_maps, gt_masks, num_bins), _ImageLevels(second_maps, gt_masks, num_bins)
-    return difference, first.au_pros(weights, fpr_limit) - second.au_pros(weights, fpr_limit)
+    first_value, second_value = first.au_pro(fpr_limit), second.au_pro(fpr_limit)
+    if np.isnan(first_value - second_value):  # au_pro already warned
+        return first_value, second_value, np.empty(0)
+    weights = scene_weights(clusters, resamples, seed)
+    return first_value, second_value, first.au_pros(weights, fpr_limit) - second.au_pros(weights, fpr_limit)
 
 
 def paired_au_pro_interval(first_maps: Sequence[MapSource], second_maps: Sequence[MapSource],
@@ -187,5 +201,6 @@ def paired_au_pro_interval(first_maps: Sequence[MapSource], second_maps: Sequenc
                            resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, float]:
     """``paired_au_pro_draws`` as ``{"difference", "low", "high", "resamples"}`` (``percentile_interval``)."""
     _check_level(level)
-    return percentile_interval(*paired_au_pro_draws(first_maps, second_maps, gt_masks, clusters, fpr_limit,
-                                                    num_bins=num_bins, resamples=resamples, seed=seed), level)
+    first, second, draws = paired_au_pro_draws(first_maps, second_maps, gt_masks, clusters, fpr_limit,
+                                               num_bins=num_bins, resamples=resamples, seed=seed)
+    return percentile_interval(first - second, draws, level)
