@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from anomalyvfm.metrics._io import MapSource, MaskSource, check_lengths
-from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, _curve, _Levels, _normalised_area, areas, au_pro, \
+from anomalyvfm.metrics.au_pro import DEFAULT_NUM_BINS, _curve, _Levels, _normalised_area, areas, \
     checked_limits, image_histograms, score_range
 from anomalyvfm.metrics.image_metrics import _scores_and_labels, image_auroc
 from anomalyvfm.metrics.undefined import undefined
@@ -157,7 +157,7 @@ class _ImageLevels:
         """``au_pro(anomaly_maps, gt_masks, fpr_limit, num_bins=k)`` from the histograms (warns where undefined)."""
         levels = _Levels(self.totals.sum(0), self.region_counts.sum(0), self.region_weights.sum(0),
                          int(self.regions.sum()), self.constant)
-        return areas(levels, [float(fpr_limit)])[float(fpr_limit)]
+        return areas(levels, [fpr_limit])[fpr_limit]
 
     def au_pros(self, weights: np.ndarray, fpr_limit: float, chunk: int = 64) -> np.ndarray:
         out = np.full(len(weights), np.nan)
@@ -183,16 +183,16 @@ def paired_au_pro_draws(first_maps: Sequence[MapSource], second_maps: Sequence[M
     draws use; no draws (``[]``) where either is undefined. Memory: up to 48 bytes per image and bin for
     each set of maps (20 000 bins, 1 000 images: about 1 GB), 24 once its histograms are built."""
     check_lengths(first_maps=first_maps, second_maps=second_maps, gt_masks=gt_masks, clusters=clusters)
-    checked_limits([fpr_limit])  # before any map is read
+    limit, = checked_limits([fpr_limit])  # before any map is read
     if not len(first_maps):
-        nan = au_pro(first_maps, gt_masks, fpr_limit, num_bins=num_bins)  # warns: no test images
+        nan = areas(None, [limit])[limit]  # warns: no test images
         return nan, nan, np.empty(0)
     first, second = _ImageLevels(first_maps, gt_masks, num_bins), _ImageLevels(second_maps, gt_masks, num_bins)
-    first_value, second_value = first.au_pro(fpr_limit), second.au_pro(fpr_limit)
-    if np.isnan(first_value - second_value):  # au_pro already warned
+    first_value, second_value = first.au_pro(limit), second.au_pro(limit)
+    if np.isnan(first_value - second_value):  # areas already warned
         return first_value, second_value, np.empty(0)
     weights = scene_weights(clusters, resamples, seed)
-    return first_value, second_value, first.au_pros(weights, fpr_limit) - second.au_pros(weights, fpr_limit)
+    return first_value, second_value, first.au_pros(weights, limit) - second.au_pros(weights, limit)
 
 
 def paired_au_pro_interval(first_maps: Sequence[MapSource], second_maps: Sequence[MapSource],
