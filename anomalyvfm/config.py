@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 SCORERS = ("mahalanobis", "knn")
 BANK_SAMPLINGS = ("coreset", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SCORING_PHASE_COUNTS = (1, 2, 4)
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,7 @@ class Config:
     KNN_IMAGE_BANK_SIZE: int
     CENTRE_MAPS: bool
     DISCOUNT_SATURATED: bool
+    SCORING_PHASES: int
     RESULTS_DIR: str
     FORCE: bool
     EVALUATE_ONLY: bool
@@ -77,6 +79,12 @@ class Config:
             problems.append(f"KNN_SHRINKAGE must be in (0, 1] (1: plain cosine), got {self.KNN_SHRINKAGE}")
         if not (math.isfinite(self.KNN_NUISANCE_WEIGHT) and self.KNN_NUISANCE_WEIGHT >= 0):
             problems.append(f"KNN_NUISANCE_WEIGHT must be a finite number >= 0 (0: none), got {self.KNN_NUISANCE_WEIGHT}")
+        if self.SCORING_PHASES not in SCORING_PHASE_COUNTS:
+            problems.append(f"SCORING_PHASES must be one of {', '.join(map(str, SCORING_PHASE_COUNTS))}, "
+                            f"got {self.SCORING_PHASES}")
+        elif self.SCORING_PHASES > 1 and self.IMAGE_SIZE < 28:
+            problems.append(f"SCORING_PHASES above 1 needs an IMAGE_SIZE of at least 28 (a shifted phase drops one "
+                            f"patch of the shorter side), got {self.IMAGE_SIZE}")
         if self.DEVICE not in DEVICES:
             problems.append(f"DEVICE must be one of {', '.join(DEVICES)}, got {self.DEVICE!r}")
         if self.SYNTHETIC_SAMPLES < 0 or self.SYNTHETIC_SAMPLES % 3:

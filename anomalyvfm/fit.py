@@ -34,8 +34,8 @@ from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
                               fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens
-from anomalyvfm.scoring import (MAX_FIT_TOKENS, clipping_is_normal, fit_scorer, patch_grid, peak_score,
-                               saturated_share)
+from anomalyvfm.scoring import (MAX_FIT_TOKENS, clipping_is_normal, fit_scorer, padded_grid, patch_grid, peak_score,
+                               phase_shifts, saturated_share, shifted_inputs)
 from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
 
@@ -80,11 +80,13 @@ class Runner:
 
     # -- backbone ---------------------------------------------------------------------------
     def features(self, paths: Sequence[Path], image_size: int, desc: str,
-                 illumination: IlluminationRange | None = None, *, pixels: bool = False
-                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, ...], torch.Tensor | None]]:
+                 illumination: IlluminationRange | None = None, *, pixels: bool = False,
+                 shifts: Sequence[tuple[int, int]] = ()
+                 ) -> Iterator[tuple[list[int], Features, tuple[torch.Tensor, ...], torch.Tensor | None, list[Features]]]:
         """Backbone features of images on disk, batch by batch: their indices, features, the light
-        statistics of the decoded inputs (``illumination.light_stats``, before ``illumination`` projects them) and,
-        with ``pixels``, those inputs as uint8 ``[B, 3, h, w]`` on the CPU (else None).
+        statistics of the decoded inputs (``illumination.light_stats``, before ``illumination`` projects them),
+        with ``pixels`` those inputs as uint8 ``[B, 3, h, w]`` on the CPU (else None), and the features of the
+        same inputs moved by each of ``shifts`` (``scoring.shifted_inputs``; the scoring phases after the first).
 
         An image that cannot be decoded is skipped: no batch holds it, and once the pass is over it
         is in ``self.unreadable``.
@@ -97,7 +99,10 @@ class Runner:
                 if batch is None:
                     break
                 indices, images = batch[0], batch[1]
-                yield indices, self._forward(images, illumination), light_stats(images), batch[2] if pixels else None
+                patch = self.extractor.patch_size
+                shifted = [self._forward(shifted_inputs(images, shift, patch), illumination) for shift in shifts]
+                yield (indices, self._forward(images, illumination), light_stats(images), batch[2] if pixels else None,
+                       shifted)
                 bar.update(len(indices))
         for path, reason in self.loader.unreadable:
             self.unreadable.setdefault(path, reason)
@@ -112,8 +117,10 @@ class Runner:
         return Features(out.cls.float().cpu(), out.patches.float().cpu(),
                         None if out.attention is None else out.attention.float().cpu(), saturated)
 
-    def forward_tensors(self, images: Sequence[torch.Tensor], illumination: IlluminationRange | None) -> list[Features]:
-        """Features of in-memory images ``[3, h, w]`` in [0, 1] (sizes may differ), one each."""
+    def forward_tensors(self, images: Sequence[torch.Tensor], illumination: IlluminationRange | None,
+                        shift: tuple[int, int] = (0, 0)) -> list[Features]:
+        """Features of in-memory images ``[3, h, w]`` in [0, 1] (sizes may differ), one each; each input moved
+        by ``shift`` first (``scoring.shifted_inputs``)."""
         order: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             order.setdefault(tuple(image.shape), []).append(index)
@@ -121,7 +128,8 @@ class Runner:
         for members in order.values():
             for start in range(0, len(members), self.config.BATCH_SIZE):
                 batch = members[start:start + self.config.BATCH_SIZE]
-                features = self._forward(torch.stack([images[i] for i in batch]), illumination)
+                inputs = shifted_inputs(torch.stack([images[i] for i in batch]), shift, self.extractor.patch_size)
+                features = self._forward(inputs, illumination)
                 for row, index in enumerate(batch):
                     attention = None if features.attention is None else features.attention[row]
                     out[index] = Features(features.cls[row], features.patches[row], attention, features.saturated[row])
@@ -141,8 +149,8 @@ class Runner:
         saturated: list[torch.Tensor] = [torch.empty(0)] * len(train)  # [gh, gw]: do normal images clip?
         inputs: list[torch.Tensor] = [torch.empty(0)] * len(train)  # uint8 [3, h, w]: the synthetic samples' sources
         read: list[int] = []
-        for indices, features, (mean, std, light_field), pixels in self.features(paths, image_size, f"features train @{image_size}",
-                                                                   pixels=synthesize):
+        for indices, features, (mean, std, light_field), pixels, _ in self.features(
+                paths, image_size, f"features train @{image_size}", pixels=synthesize):
             cls_tokens[indices], means[indices], stds[indices], fields[indices] = features.cls, mean, std, light_field
             for row, index in enumerate(indices):
                 patch_grids[index] = features.patches[row].half()  # half: train grids are the run's largest memory
@@ -203,9 +211,9 @@ class Runner:
         ``self.kept_inputs`` (uint8 ``[3, h, w]`` by path), for use after the pass without a second decode.
         """
         raw = RawScores.empty(len(paths), self.extractor.dim)
-        for indices, features, _, pixels in self.features(paths, scale.image_size, desc, scale.illumination,
-                                                          pixels=bool(keep_inputs)):
-            self._score_batch(scale, indices, features, raw)
+        for indices, features, _, pixels, shifted in self.features(paths, scale.image_size, desc, scale.illumination,
+                                                                   pixels=bool(keep_inputs), shifts=self._shifts()[1:]):
+            self._score_batch(scale, indices, [features, *shifted], raw)
             for row, index in enumerate(indices):
                 if index in keep_inputs:
                     self.kept_inputs[Path(paths[index])] = pixels[row]
@@ -220,32 +228,46 @@ class Runner:
         raw = RawScores.empty(len(images), self.extractor.dim)
         for start in range(0, len(images), self.config.BATCH_SIZE):
             chunk = images[start:start + self.config.BATCH_SIZE]
-            for index, features in enumerate(self.forward_tensors(chunk, scale.illumination), start):
-                attention = None if features.attention is None else features.attention[None]
-                self._score_batch(scale, [index], Features(features.cls[None], features.patches[None], attention,
-                                                           features.saturated[None]), raw)
+            phases = [self.forward_tensors(chunk, scale.illumination, shift) for shift in self._shifts()]
+            for index, per_phase in enumerate(zip(*phases), start):
+                self._score_batch(scale, [index], [
+                    Features(f.cls[None], f.patches[None], None if f.attention is None else f.attention[None],
+                             f.saturated[None]) for f in per_phase], raw)
         return raw
 
-    def _score_batch(self, scale: ScaleModel, indices: list[int], features: Features, raw: RawScores) -> None:
-        """Score a batch of features into rows ``indices`` of ``raw``."""
+    def _shifts(self) -> list[tuple[int, int]]:
+        """The input shifts of the scoring phases (``SCORING_PHASES``), the image itself first."""
+        return phase_shifts(self.config.SCORING_PHASES, self.extractor.patch_size)
+
+    def _score_batch(self, scale: ScaleModel, indices: list[int], phases: Sequence[Features], raw: RawScores) -> None:
+        """Score a batch into rows ``indices`` of ``raw``: ``phases``, its features at each scoring phase (the
+        unshifted inputs first, whose CLS token alone is scored); grids ``[gh, gw]``, ``[P, gh, gw]`` for P > 1."""
         with timing.stage("scoring"):
-            batch, gh, gw, dim = features.patches.shape
-            cls_embedding = scale.heads.embed(features.cls)
+            gh, gw = phases[0].patches.shape[1:3]
+            cls_embedding = scale.heads.embed(phases[0].cls)
             cls_distance = scale.cls_scorer.distances(cls_embedding)
-            embedded = scale.heads.embed(features.patches.reshape(-1, dim))
-            distances = scale.patch_scorer.distances(embedded).reshape(batch, gh, gw)
-            image_distances = scale.patch_scorer.image_distances(embedded)  # None: the map's distances serve
-            if image_distances is not None:
-                image_distances = image_distances.reshape(batch, gh, gw)
+            grids: list[list[torch.Tensor]] = [[] for _ in indices]
+            peaks: list[list[float]] = [[] for _ in indices]
+            for features in phases:  # a shifted phase's grid lacks the image's last row and/or column
+                shape = features.patches.shape[:3]
+                embedded = scale.heads.embed(features.patches.reshape(-1, features.patches.shape[-1]))
+                distances = scale.patch_scorer.distances(embedded).reshape(shape)
+                image_distances = scale.patch_scorer.image_distances(embedded)  # None: the map's distances serve
+                if image_distances is not None:
+                    image_distances = image_distances.reshape(shape)
+                for row in range(len(indices)):
+                    attention = None if features.attention is None else features.attention[row]
+                    saturated = features.saturated[row] if scale.discount_saturated else None
+                    shaped = lambda grid: patch_grid(
+                        self.method.patch_distances(grid, float(cls_distance[row]), attention), saturated)
+                    grid = shaped(distances[row])
+                    peaks[row].append(peak_score(grid if image_distances is None else shaped(image_distances[row])))
+                    grids[row].append(padded_grid(grid, (gh, gw)))
             patch = self.extractor.patch_size
             for row, index in enumerate(indices):
                 raw.cls_distances[index] = float(cls_distance[row])
-                attention = None if features.attention is None else features.attention[row]
-                saturated = features.saturated[row] if scale.discount_saturated else None
-                shaped = lambda grid: patch_grid(self.method.patch_distances(grid, float(cls_distance[row]), attention),
-                                                 saturated)
-                raw.grids[index] = shaped(distances[row])
-                raw.peaks[index] = peak_score(raw.grids[index] if image_distances is None else shaped(image_distances[row]))
+                raw.grids[index] = grids[row][0] if len(phases) == 1 else torch.stack(grids[row])
+                raw.peaks[index] = float(np.mean(peaks[row]))
                 raw.input_sizes[index] = (gh * patch, gw * patch)
             raw.embeddings[indices] = cls_embedding.numpy()
 

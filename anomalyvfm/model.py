@@ -36,7 +36,7 @@ from anomalyvfm.scoring import ScoreFusion, Scorer, anomaly_map, centred_grid, m
 MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA_RANK", "LORA_ALPHA", "EPOCHS",
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
                   "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "KNN_NUISANCE_WEIGHT", "KNN_IMAGE_BANK_SIZE",
-                  "CENTRE_MAPS", "DISCOUNT_SATURATED")
+                  "CENTRE_MAPS", "DISCOUNT_SATURATED", "SCORING_PHASES")
 PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # What a saved model's numbers mean; raised whenever the same model would score differently. A model
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
@@ -46,7 +46,7 @@ PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 SCORING_VERSION = 4
 # Settings added since SCORING_VERSION was last raised, with the value that reproduces the models saved
 # before them: such a model is read as if it had been saved with that value (reused, not refitted).
-SETTINGS_ADDED = {"KNN_NUISANCE_WEIGHT": 0.0, "DISCOUNT_SATURATED": False}
+SETTINGS_ADDED = {"KNN_NUISANCE_WEIGHT": 0.0, "DISCOUNT_SATURATED": False, "SCORING_PHASES": 1}
 # A spread below this fraction of the mean (or exactly 0) means the validation images could not
 # estimate it (too few, or identical); dividing by it would blow scores up to +-1e13.
 MIN_RELATIVE_SPREAD = 1e-3
@@ -220,10 +220,11 @@ def _has_type(value: Any, annotation: Any) -> bool:
 class RawScores:
     """One scale's unfused outputs over a list of images (see ``fit.Runner.raw_scores``).
 
-    cls_distances ``[N]``; grids: per image ``[gh, gw]`` patch distances (the map's); input_sizes: per
-    image the network input ``(h, w)``; embeddings: CLS embeddings ``[N, D]``; peaks ``[N]``: each image's
-    ``peak_score``, of its grid or, where the patch scorer searches for the image score on its own
-    (``NearestNeighbourScorer.image_distances``), of that search's grid.
+    cls_distances ``[N]``; grids: per image ``[gh, gw]`` patch distances (the map's), ``[P, gh, gw]`` with
+    ``SCORING_PHASES`` P above 1 (``scoring.phase_shifts``); input_sizes: per image the network input ``(h, w)``;
+    embeddings: CLS embeddings ``[N, D]``; peaks ``[N]``: each image's ``peak_score``, of its grid or, where the
+    patch scorer searches for the image score on its own (``NearestNeighbourScorer.image_distances``), of that
+    search's grid (averaged over the phases).
     """
 
     cls_distances: np.ndarray

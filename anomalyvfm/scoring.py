@@ -3,7 +3,10 @@ anomaly maps at the original image size, and the image score.
 
 Anomaly map: patch distances ``[gh, gw]`` -> centred on the validation images' median
 (``centred_grid``, with ``CENTRE_MAPS``) -> bilinear to the network input size -> Gaussian
-blur (sigma ``MAP_SIGMA`` input pixels) -> bilinear to the original ``[H, W]``.
+blur (sigma ``MAP_SIGMA`` input pixels) -> bilinear to the original ``[H, W]``. With
+``SCORING_PHASES`` above 1 an image is also scored with its input moved by half a patch
+(``phase_shifts``, ``shifted_inputs``): its grids ``[P, gh, gw]`` are each centred, upsampled,
+moved back onto the image and averaged before the blur.
 
 Image score: z-scores of the CLS token's distance and of the image's peak patch distance (the
 mean of its ``PEAK_PATCHES`` highest) above its own median (``peak_score``), each standardised
@@ -19,7 +22,7 @@ in the map and in the image score alike; only in a category whose training image
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -40,6 +43,9 @@ SATURATION_LEVEL = 250 / 255
 # images holds a clipped pixel (tyre 48 %, magtile 57 %; the demo's categories none, and there more light clips
 # the defects brighter than the surface first, docs/Lighting_and_Thresholds.md).
 MIN_CLIPPING_TRAIN_IMAGES = 0.05
+# The input shifts (down, right) in half patches of the scoring phases, in the order SCORING_PHASES takes them:
+# the image itself, then diagonally, then right and down (docs/Heads_and_Scoring.md, "Half-patch phases").
+PHASE_SHIFTS = ((0, 0), (1, 1), (0, 1), (1, 0))
 
 
 class GaussianScorer:
@@ -325,8 +331,37 @@ def patch_grid(patch_scores: torch.Tensor, saturated: torch.Tensor | None) -> to
     return patch_scores if saturated is None else discount_saturated(patch_scores, saturated)
 
 
+def phase_shifts(phases: int, patch_size: int) -> list[tuple[int, int]]:
+    """The input shifts ``(down, right)`` in pixels of the first ``phases`` of ``PHASE_SHIFTS``."""
+    if not 1 <= phases <= len(PHASE_SHIFTS):
+        raise ValueError(f"phases must be 1 to {len(PHASE_SHIFTS)}, got {phases}")
+    half = patch_size // 2
+    return [(down * half, right * half) for down, right in PHASE_SHIFTS[:phases]]
+
+
+def shifted_inputs(images: torch.Tensor, shift: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """``[B, 3, h, w]`` network inputs cropped to start ``shift`` ``(down, right)`` pixels in, and to end a whole
+    patch from there (the last, partial patch of a shifted axis dropped): ``[B, 3, h', w']``, multiples of
+    ``patch_size``. The crop's patch grid falls between the image's own; nothing is invented at the edges
+    (a padded strip is a texture no normal image has, and was scored as one)."""
+    down, right = shift
+    height, width = images.shape[-2:]
+    return images[..., down:height - (patch_size - down if down else 0), right:width - (patch_size - right if right else 0)]
+
+
+def padded_grid(patch_scores: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A shifted phase's ``[gh', gw']`` grid brought to the image's own grid ``shape`` ``(gh, gw)`` by repeating
+    its last row and column: after the move back, that cell lies half a patch past the image's far edge, so
+    its value only fills in the half patch the phase did not see."""
+    rows, columns = shape[0] - patch_scores.shape[0], shape[1] - patch_scores.shape[1]
+    if not (rows or columns):
+        return patch_scores
+    return F.pad(patch_scores[None, None], (0, columns, 0, rows), mode="replicate")[0, 0]
+
+
 def centred_grid(patch_scores: torch.Tensor, reference: float) -> torch.Tensor:
-    """``[gh, gw]`` patch distances shifted so that their median equals ``reference``.
+    """``[gh, gw]`` patch distances shifted so that their median equals ``reference`` (``[P, gh, gw]``: each
+    phase's grid by its own median).
 
     A lighting change, or an image whose texture sits a little farther from the training
     images, raises every patch of it; one pixel threshold over all images then flags the
@@ -335,7 +370,8 @@ def centred_grid(patch_scores: torch.Tensor, reference: float) -> torch.Tensor:
     and keeps what stands out locally. ``reference`` (``map_median_of`` the validation
     images) keeps the values on the scale of distances, so thresholds read as before.
     """
-    return patch_scores - patch_scores.median() + reference
+    medians = patch_scores.flatten(-2).median(-1).values
+    return patch_scores - medians[..., None, None] + reference
 
 
 def map_median_of(grids: list[torch.Tensor]) -> float:
@@ -344,15 +380,24 @@ def map_median_of(grids: list[torch.Tensor]) -> float:
 
 
 def anomaly_map(patch_scores: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int],
-                *, sigma: float = MAP_SIGMA) -> np.ndarray:
+                *, sigma: float = MAP_SIGMA, shifts: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """Patch distances ``[gh, gw]`` -> float32 anomaly map ``[H, W]`` at the original size.
 
-    ``sigma``: the Gaussian blur at the network input's scale, in input pixels (0: none).
-    OpenCV on float32: its bilinear resize samples pixel centres exactly as torch's
-    ``align_corners=False`` and is ~25x faster on 5-megapixel maps.
+    ``[P, gh, gw]``: the grids of ``P`` scoring phases, each upsampled, moved back by its input's shift
+    (``shifts``; by default ``phase_shifts(P, patch size)``) and averaged. ``sigma``: the Gaussian blur at the
+    network input's scale, in input pixels (0: none). OpenCV on float32: its bilinear resize samples pixel
+    centres exactly as torch's ``align_corners=False`` and is ~25x faster on 5-megapixel maps.
     """
-    grid = np.ascontiguousarray(patch_scores.float().numpy())
-    upsampled = cv2.resize(grid, input_size[::-1], interpolation=cv2.INTER_LINEAR)  # OpenCV sizes are (w, h)
+    grids = patch_scores.float().reshape(-1, *patch_scores.shape[-2:]).numpy()
+    height, width = input_size
+    if shifts is None:
+        shifts = phase_shifts(len(grids), height // grids.shape[1])
+    upsampled = np.zeros(input_size, np.float32)
+    for grid, (down, right) in zip(grids, shifts, strict=True):
+        phase = cv2.resize(np.ascontiguousarray(grid), (width, height), interpolation=cv2.INTER_LINEAR)
+        # Pixel (y, x) of a phase's input is pixel (y + down, x + right) of the image.
+        upsampled += np.pad(phase, ((down, 0), (right, 0)), mode="edge")[:height, :width] if down or right else phase
+    upsampled /= len(grids)
     smooth = _gaussian_blur(upsampled, sigma) if sigma > 0 else upsampled
     return cv2.resize(smooth, original_size[::-1], interpolation=cv2.INTER_LINEAR)
 

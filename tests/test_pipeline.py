@@ -19,7 +19,7 @@ from anomalyvfm.model import CategoryModel
 from anomalyvfm.fit import Runner
 from anomalyvfm.method import Method
 from anomalyvfm.pipeline import PipelineError, run
-from anomalyvfm.scoring import discount_saturated
+from anomalyvfm.scoring import discount_saturated, padded_grid, shifted_inputs
 
 METRIC_KEYS = {"image_auroc", "image_ap", "class_f1", "au_pro_0.05", "au_pro_0.30", "seg_f1", "by_lighting",
                "n_train", "n_test_good", "n_test_bad", "seconds", "seg_f1_baseline_rule", "class_f1_baseline_rule",
@@ -313,3 +313,51 @@ def test_a_whitened_knn_is_saved_with_its_metric_and_predict_reproduces_it(demo_
     with open(out / "predictions.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             assert float(row["image_score"]) == pytest.approx(saved[f"test_public/bad/{Path(row['file']).name}"], rel=1e-5)
+
+
+def test_scoring_phases_add_the_half_patch_shifted_inputs_to_grids_and_peaks(finished_run, tiny_backbone):
+    config = finished_run[0]
+    scale = CategoryModel.load(Path(config.RESULTS_DIR) / config.CATEGORIES[0] / "model").scales[0]
+    image = torch.rand(3, 56, 84, generator=torch.Generator().manual_seed(1))
+    with Runner(config.replace(SCORING_PHASES=1), Method(), backbone=tiny_backbone, progress=False) as runner:
+        own = runner.raw_scores_of_images(scale, [image])
+        diagonal = runner.raw_scores_of_images(scale, [shifted_inputs(image[None], (7, 7), 14)[0]])
+    with Runner(config.replace(SCORING_PHASES=2), Method(), backbone=tiny_backbone, progress=False) as runner:
+        both = runner.raw_scores_of_images(scale, [image])
+    assert tuple(both.grids[0].shape) == (2, 4, 6)  # the diagonal phase's 3 x 5 grid, its far edges repeated
+    torch.testing.assert_close(both.grids[0][0], own.grids[0])
+    torch.testing.assert_close(both.grids[0][1], padded_grid(diagonal.grids[0], (4, 6)))
+    assert both.peaks[0] == pytest.approx((own.peaks[0] + diagonal.peaks[0]) / 2)
+    assert both.cls_distances[0] == pytest.approx(own.cls_distances[0])  # the CLS token of the image itself
+
+
+def test_a_run_with_four_phases_scores_from_disk_as_in_memory_and_predict_keeps_its_phases(demo_root, tiny_backbone,
+                                                                                         tmp_path):
+    category = dataset_ad2.list_categories(demo_root)[0]
+    config = tiny_config(demo_root, tmp_path / "results", CATEGORIES=[category], SCORING_PHASES=4)
+    run(config, backbone=tiny_backbone, progress=False)
+    model = CategoryModel.load(tmp_path / "results" / category / "model")
+    assert model.settings["SCORING_PHASES"] == 4
+    bad = dataset_ad2.category_root(config.DATA_ROOT, category) / "test_public" / "bad"
+    paths = sorted(bad.glob("*.png"))[:2]
+    with Runner(config, Method(), backbone=tiny_backbone, progress=False) as runner:
+        from_disk = runner.raw_scores(model.scales[0], paths, "test")
+        in_memory = runner.raw_scores_of_images(
+            model.scales[0], [_network_input(p, from_disk.input_sizes[i]) for i, p in enumerate(paths)])
+    for index in range(len(paths)):
+        assert tuple(from_disk.grids[index].shape)[0] == 4
+        torch.testing.assert_close(from_disk.grids[index], in_memory.grids[index], rtol=1e-4, atol=1e-5)
+    # --PREDICT with the run's default SCORING_PHASES (1) scores as the saved model's settings say (4).
+    run(config.replace(SCORING_PHASES=1, PREDICT=str(bad)), backbone=tiny_backbone, progress=False)
+    out = max((tmp_path / "results" / "predictions").glob(f"{category}-*"))
+    saved = _scores(tmp_path / "results" / category / "scores.csv")
+    with open(out / "predictions.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            assert float(row["image_score"]) == pytest.approx(saved[f"test_public/bad/{Path(row['file']).name}"],
+                                                              rel=1e-5)
+
+
+def _network_input(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """An image on disk as the loader decodes it: ``[3, h, w]`` in [0, 1] at network input ``size``."""
+    from anomalyvfm.backbone import to_input
+    return to_input(dataset_ad2.load_image(path), size)

@@ -1,6 +1,6 @@
 """The probes' shared case parsing (benchmarks/run_quality.parse_case), the quality benchmark's pooled image
-AUROC gap, the pooling probe's grid, the blur
-probe's per-lighting AU-PRO and the image score probe's variants."""
+AUROC gap, the pooling probe's grid, the blur probe's per-lighting AU-PRO, the image score probe's variants,
+and the discriminator probe's training."""
 
 import sys
 from pathlib import Path
@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
 from image_score_probe import VARIANTS, gap_table, variant_aurocs, top_percent_mean  # noqa: E402
 import scale_probe  # noqa: E402
+import discriminator_probe  # noqa: E402
 from scale_probe import (au_pro_by_group, defect_offset_share, joined, mirrored_copy, pooled_grid,  # noqa: E402
                          position_offsets, split_half_r)
 import dataset_ad2  # noqa: E402
@@ -163,3 +164,21 @@ def test_defect_offset_share_divides_the_offsets_on_defect_cells_by_their_excess
     grazed = np.zeros((28, 28), dtype=bool)
     grazed[14:16, 14:16] = True                    # 4 of 196 pixels: under DEFECT_TOKEN_FRACTION, not a defect cell
     assert defect_offset_share(offsets, [grid, grid], [mask, grazed]) == pytest.approx(1.0 / 4.0)
+
+
+def test_discriminator_logits_are_higher_for_the_anomalies_it_was_trained_on(monkeypatch):
+    monkeypatch.setattr(discriminator_probe, "STEPS", 200)
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(4000, 8, generator=generator)
+    defects = torch.randn(500, 8, generator=generator) + 2.0
+    with_defects = discriminator_probe.train_discriminator(normal, defects, 0.0, seed=0)
+    noise_only = discriminator_probe.train_discriminator(normal, defects[:0], 1.0, seed=0)
+    held_out_normal = torch.randn(1000, 8, generator=generator)
+    held_out_defects = torch.randn(1000, 8, generator=generator) + 2.0
+    with torch.inference_mode():
+        scores = with_defects(torch.cat([held_out_normal, held_out_defects])).squeeze(1).numpy()
+        far = noise_only(held_out_normal * 3).squeeze(1)  # noise negatives: far from the normal cloud is anomalous
+        near = noise_only(held_out_normal * 0.3).squeeze(1)
+    labels = np.r_[np.zeros(1000), np.ones(1000)]
+    assert metrics.image_auroc(scores, labels) > 0.9
+    assert far.mean() > near.mean()

@@ -8,7 +8,8 @@ from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
 from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, discount_saturated,
                                clipping_is_normal, map_median_of, patch_grid, saturated_share,
-                               PEAK_PATCHES, peak_score, whitening_matrix)
+                               PEAK_PATCHES, padded_grid, peak_score, phase_shifts, shifted_inputs,
+                               whitening_matrix)
 
 
 def test_gaussian_gives_training_points_low_and_an_outlier_high_distance():
@@ -274,3 +275,60 @@ def test_clipping_is_normal_when_at_least_one_training_image_in_twenty_has_a_cli
     assert clipping_is_normal([clipped] + [clean] * 19)       # 1 of 20: the share
     assert not clipping_is_normal([clipped] + [clean] * 20)   # 1 of 21: below it
     assert not clipping_is_normal([clean] * 5) and not clipping_is_normal([])
+
+
+def test_phase_shifts_are_half_patches_in_their_fixed_order_and_checked():
+    assert phase_shifts(1, 14) == [(0, 0)]
+    assert phase_shifts(2, 14) == [(0, 0), (7, 7)]
+    assert phase_shifts(4, 14) == [(0, 0), (7, 7), (0, 7), (7, 0)]
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="phases must be 1 to 4"):
+            phase_shifts(bad, 14)
+
+
+def test_shifted_inputs_start_half_a_patch_in_and_drop_the_last_partial_patch():
+    images = torch.arange(2 * 3 * 28 * 42, dtype=torch.float32).reshape(2, 3, 28, 42)
+    assert torch.equal(shifted_inputs(images, (0, 0), 14), images)
+    diagonal = shifted_inputs(images, (7, 7), 14)
+    assert diagonal.shape == (2, 3, 14, 28)  # one patch fewer along each shifted axis
+    assert torch.equal(diagonal, images[..., 7:21, 7:35])  # pixel (y, x) shows the image's (y + 7, x + 7)
+    assert torch.equal(shifted_inputs(images, (0, 7), 14), images[..., :, 7:35])
+    assert torch.equal(shifted_inputs(images, (7, 0), 14), images[..., 7:21, :])
+
+
+def test_padded_grid_repeats_the_last_row_and_column_up_to_the_image_grid():
+    grid = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert padded_grid(grid, (2, 2)) is grid
+    torch.testing.assert_close(padded_grid(grid, (3, 3)), torch.tensor([[1.0, 2.0, 2.0], [3.0, 4.0, 4.0],
+                                                                        [3.0, 4.0, 4.0]]))
+    torch.testing.assert_close(padded_grid(grid, (2, 3)), torch.tensor([[1.0, 2.0, 2.0], [3.0, 4.0, 4.0]]))
+
+
+def test_centred_grid_centres_each_phase_on_its_own_median():
+    grid = torch.tensor([[[1.0, 2.0], [3.0, 9.0]], [[10.0, 20.0], [30.0, 90.0]]])  # lower medians 2 and 20
+    centred = centred_grid(grid, 0.5)
+    torch.testing.assert_close(centred[0], grid[0] - 2 + 0.5)
+    torch.testing.assert_close(centred[1], grid[1] - 20 + 0.5)
+    torch.testing.assert_close(centred_grid(grid[0], 0.5), centred[0])
+
+
+def test_anomaly_map_moves_each_phase_back_onto_the_image_before_averaging():
+    # A linear ramp of the position (pixel y spans [y, y + 1)) sampled at patch centres: phase (0, 0) sees
+    # centres 14 r + 7, the diagonal phase (its input moved up-left by 7) sees 14 r + 14. Upsampled, moved
+    # back and blurred, both give the same ramp away from the edges; moved the wrong way, the diagonal
+    # phase's would be 14 off.
+    size, patch = 84, 14
+    centres = torch.arange(6, dtype=torch.float32) * patch
+    ramp = lambda offset: (centres[:, None] + offset) + 2 * (centres[None, :] + offset)  # noqa: E731
+    pixels = np.arange(size, dtype=np.float32) + 0.5
+    expected = pixels[:, None] + 2 * pixels[None, :]
+    inner = slice(26, 60)  # a blur radius (12 px) inside where both phases have samples on either side
+    own = anomaly_map(ramp(7), (size, size), (size, size))
+    diagonal_only = anomaly_map(torch.stack([ramp(14), ramp(14)])[1:], (size, size), (size, size))  # one phase: no shift
+    both = anomaly_map(torch.stack([ramp(7), ramp(14)]), (size, size), (size, size))
+    np.testing.assert_allclose(own[inner, inner], expected[inner, inner], atol=1e-3)
+    np.testing.assert_allclose(both[inner, inner], expected[inner, inner], atol=1e-3)
+    # Read as the image's own phase (not moved back), it is 7 px off in each direction: 7 + 2 * 7 higher.
+    assert np.abs(diagonal_only[inner, inner] - expected[inner, inner] - 21).max() < 1e-3
+    np.testing.assert_array_equal(anomaly_map(ramp(7)[None], (size, size), (60, 50)),
+                                  anomaly_map(ramp(7), (size, size), (60, 50)))  # [1, gh, gw] is [gh, gw]
