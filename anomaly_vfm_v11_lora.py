@@ -59,10 +59,11 @@ DISCOUNT_SATURATED = True         # true: a patch's distance above its image's m
                                   # surface), in categories whose training images clip too (elsewhere a defect
                                   # brighter than the surface may be what clips; docs/Lighting_and_Thresholds.md)
                                   # | false: every patch counts fully
-SCORING_PHASES = 1                # validation and test images scored this many times, the input cropped half a patch
+SCORING_PHASES = 2                # validation and test images scored this many times, the input cropped half a patch
                                   # (7 px) in between them, maps averaged: 1 (the image only) | 2 (also diagonally) | 4
-                                  # (also right and down); each phase is one more backbone pass per image. 4 gains
-                                  # AU-PRO@0.05 +0.037 (tyre) and +0.021 (magnetic tiles) at 448 (docs/Heads_and_Scoring.md)
+                                  # (also right and down); each phase is one more backbone pass per image. At 448, 2
+                                  # gains AU-PRO@0.05 +0.029 (tyre) and +0.019 (magnetic tiles) over 1, 4 another
+                                  # +0.008 / +0.003 for twice the passes (docs/Heads_and_Scoring.md)
 # Outputs and modes
 RESULTS_DIR = "results"           # earlier results are moved to RESULTS_DIR/history/<time>/, never overwritten
 FORCE = False                     # true: refit categories that already finished with the same settings

@@ -64,12 +64,13 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str, s
     """Both rows on one ``DATASET@SIZE`` case, once per ``SEED`` in ``seeds``: ``(entry for paired_rows.json,
     {metric: bootstrap draws of the seed-averaged difference})``."""
     dataset, size = run_quality.parse_case(case)
-    tokens = run_quality.case_tokens(extractor, backbone, dataset, size)
+    defaults = v11.default_config().replace(IMAGE_SIZE=size)
+    phases = max(defaults.replace(**run_quality.ROWS[row]).SCORING_PHASES for row in (first, second))
+    tokens = run_quality.case_tokens(extractor, backbone, dataset, size, phases)
     test = tokens["test_public"]
     masks = run_quality.ground_truth_masks(test)
     labels = np.array([s.label for s in test.samples])
     scenes = [dataset_ad2.scene_of(s.relative_path) for s in test.samples]
-    defaults = v11.default_config().replace(IMAGE_SIZE=size)
     per_seed, seed_draws = [], []
     for seed in seeds:
         outputs, synthetic = {}, None

@@ -4,7 +4,8 @@
     python benchmarks/image_score_probe.py --seeds=0,1,2 tire_ad2+lighting@448
 
 The default row (trained heads, coreset kNN) is fitted once per case on cached tokens, and its
-test images' patch distance grids are turned into image scores in each of ``VARIANTS``' ways.
+test images' patch distance grids are turned into image scores in each of ``VARIANTS``' ways, at each of
+the default's scoring phases (``SCORING_PHASES``) and averaged over them, as the product averages its peaks.
 Printed per case and variant: image AUROC over all test images (pooled) and within each lighting
 group. On a lighting-stressed copy (``<dataset>+lighting``, ``benchmarks/lighting_stress.py``)
 the ``regular`` group is the dataset's own test set, so "pooled against regular" is issue 14's
@@ -53,18 +54,33 @@ VARIANTS: dict[str, Callable[[torch.Tensor], float]] = {
 }
 
 
-def variant_aurocs(grids: list[torch.Tensor], labels: np.ndarray, groups: np.ndarray, order: list[str]
+def variant_aurocs(phases: list[list[torch.Tensor]], labels: np.ndarray, groups: np.ndarray, order: list[str]
                    ) -> dict[str, tuple[float, list[float]]]:
     """Per ``VARIANTS`` entry: image AUROC over all images and within each group of ``order``, from the test
-    images' patch distance grids ``[gh, gw]`` (``labels``, ``groups`` ``[N]``)."""
+    images' patch distance grids ``[gh, gw]`` at each scoring phase (``phases[p][i]``; an image's score is the
+    mean over its phases; ``labels``, ``groups`` ``[N]``)."""
     found = {}
     for variant, score in VARIANTS.items():
-        scores = np.array([score(g) for g in grids])
+        scores = np.mean([[score(g) for g in grids] for grids in phases], axis=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
             found[variant] = (metrics.image_auroc(scores, labels),
                               [metrics.image_auroc(scores[groups == g], labels[groups == g]) for g in order])
     return found
+
+
+def phase_score_grids(extractor, tokens: dict, settings) -> list[list[torch.Tensor]]:
+    """The image score's grids ``[gh, gw]`` of the test images at each of ``settings.SCORING_PHASES`` phases
+    (``[phase][image]``), the row fitted on cached ``tokens`` as ``run_quality.row_outputs`` fits it."""
+    train = tokens["train"]
+    with torch.inference_mode():
+        synthetic = run_quality.synthetic_tokens(extractor, train, settings.IMAGE_SIZE, settings.SYNTHETIC_SAMPLES,
+                                                 settings.SEED)
+    heads, scorer, _, _ = run_quality.fit_row(train, synthetic, settings)
+    with torch.inference_mode():
+        phases = run_quality.phase_grids(heads, scorer, tokens["test_public"],
+                                         run_quality.discounts_saturated(train, settings), settings.SCORING_PHASES)
+    return [grids.images for grids in phases]
 
 
 def gap_table(by_seed: dict[int, dict[str, tuple[float, list[float]]]], order: list[str]) -> str:
@@ -94,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     defaults = v11.default_config()
     for name, size in parsed:
-        tokens = run_quality.case_tokens(extractor, backbone, name, size)
+        tokens = run_quality.case_tokens(extractor, backbone, name, size, defaults.SCORING_PHASES)
         samples = tokens["test_public"].samples
         labels = np.array([s.label for s in samples])
         groups = np.array([dataset_ad2.lighting_group(s.lighting) for s in samples])
         order = ordered_groups(list(groups))
         by_seed = {}
         for seed in seeds:
-            _, test_scored = run_quality.fitted_grids(extractor, tokens, defaults.replace(IMAGE_SIZE=size, SEED=seed))
-            by_seed[seed] = variant_aurocs(test_scored.images, labels, groups, order)  # the product's score grids
-            print(f"\n{name}@{size}, SEED {seed}\n\n| image score | pooled | " + " | ".join(order) + " |\n|---|---:|"
+            grids = phase_score_grids(extractor, tokens, defaults.replace(IMAGE_SIZE=size, SEED=seed))
+            by_seed[seed] = variant_aurocs(grids, labels, groups, order)  # the product's score grids
+            print(f"\n{name}@{size}, SEED {seed}, {defaults.SCORING_PHASES} scoring phases\n\n| image score | pooled | " + " | ".join(order) + " |\n|---|---:|"
                   + "---:|" * len(order))
             for variant, (pooled, within) in by_seed[seed].items():
                 print(f"| {variant} | {pooled:.4f} | " + " | ".join(f"{v:.4f}" for v in within) + " |", flush=True)

@@ -123,7 +123,10 @@ def quality_datasets(report: dict | None = None) -> str:
              "(`scoring.peak_score`; with a whitened kNN since 1.2.0 of the image score's own plain-cosine search, "
              "`KNN_IMAGE_BANK_SIZE`): the mean of the 3 highest patch distances in rows measured with anomalyvfm "
              "1.4.0 or later, the highest one in rows measured with 1.1.1 to 1.3.0; the mean of the top 1 % patch "
-             "distances, uncentred, in rows measured before (the commit column says which); maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
+             "distances, uncentred, in rows measured before (the commit column says which); validation and test images "
+             "scored at two phases (`SCORING_PHASES`, the default since 1.7.0; score s covers both) in rows measured "
+             "with 1.7.0 or later, once in rows measured before, in `v1.1 --SCORING_PHASES=1` and in the kNN "
+             "references; maps centred on the validation images' median patch distance (`CENTRE_MAPS`) except in "
              "the row that turns it off; SegF1 at validation mean + 3 std. `+lighting`: the dataset's "
              "lighting-stressed copy. train s: heads training; fit s: memory bank (coreset) or Gaussian fit; "
              "score s: distances of every validation and test patch; commit: the code the row was measured with.", "",
@@ -181,7 +184,9 @@ def quality_summary(report: dict | None = None) -> str:
         return "No `benchmarks/quality.json` yet: run `python benchmarks/run_quality.py`."
     lines = [f"`python benchmarks/run_quality.py`, backbone {_shown_path(report['backbone'])}, {report['date']}. "
              "Each cell: AU-PRO@0.05 (image AUROC); `+lighting`: the dataset's lighting-stressed copy; "
-             "mean: over the datasets as they are (— where a row is missing on one of them)."]
+             "mean: over the datasets as they are (— where a row is missing on one of them). Rows measured before "
+             "1.7.0 (`quality.md`'s commit column) score each image once: compare them with "
+             "`v1.1 --SCORING_PHASES=1`, not with the default's two phases."]
     results = report["results"]
     for size in sorted({e["image_size"] for e in results}):
         here = [e for e in results if e["image_size"] == size]

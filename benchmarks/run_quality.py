@@ -8,6 +8,9 @@ Each dataset's backbone tokens are computed once per image size and cached
 own code (``anomalyvfm.patch_model``, ``anomalyvfm.training``): heads training on synthetic
 samples, scorer fit, patch distances, anomaly maps at the original image size, metrics.
 So a row costs seconds to minutes, not a backbone pass, and every row sees identical inputs.
+Validation and test tokens are also cached at each further scoring phase the chosen rows use
+(``SCORING_PHASES``: the inputs cropped half a patch in, once per shift), and a row scores them as a
+run does: phases stacked, maps moved back and averaged, the image score the mean of the phases' peaks.
 
 Every dataset is measured twice: as it is (regular light), and as ``<dataset>+lighting``, its
 lighting-stressed copy (``benchmarks/lighting_stress.py``: each test image re-lit the way MVTec
@@ -60,7 +63,8 @@ from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_i
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens  # noqa: E402
 from anomalyvfm.scoring import MAX_FIT_TOKENS, Scorer  # noqa: E402
-from anomalyvfm.scoring import anomaly_map, centred_grid, clipping_is_normal, map_median_of, patch_grid, peak_score  # noqa: E402
+from anomalyvfm.scoring import (anomaly_map, centred_grid, clipping_is_normal, map_median_of, padded_grid,  # noqa: E402
+                                patch_grid, peak_score)
 from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
@@ -74,6 +78,10 @@ STRESS_SUFFIX = render_tables.STRESS_SUFFIX  # one name, shared with the tables
 ROWS: dict[str, dict] = {
     "v1.1 (default)": {},
     "v1.1 --EPOCHS=0": {"EPOCHS": 0},
+    # Each image scored once, as it is: the default until 1.7.0.
+    "v1.1 --SCORING_PHASES=1": {"SCORING_PHASES": 1},
+    # Also cropped right and down: twice the default's backbone passes per validation and test image.
+    "v1.1 --SCORING_PHASES=4": {"SCORING_PHASES": 4},
     # Clipped highlights count as fully as any patch: the default until 1.5.0.
     "v1.1 --DISCOUNT_SATURATED=false": {"DISCOUNT_SATURATED": False},
     # The whitening also spreads along the synthetic lighting and noise moves (heads trained, as the default).
@@ -84,18 +92,19 @@ ROWS: dict[str, dict] = {
     "v1.1 --KNN_SHRINKAGE=1": {"KNN_SHRINKAGE": 1.0},
     "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0": {"KNN_SHRINKAGE": 1.0, "EPOCHS": 0},
     "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false": {"KNN_SHRINKAGE": 1.0, "CENTRE_MAPS": False},
-    # The AnomalyDINO references: plain cosine on the raw tokens, every patch counted as it is.
+    # The AnomalyDINO references: plain cosine on the raw tokens, every patch counted as it is, each image once.
     "kNN full bank": {"SCORER": "knn", "KNN_BANK_SIZE": 0, "EPOCHS": 0, "KNN_SHRINKAGE": 1.0,
-                      "DISCOUNT_SATURATED": False},
+                      "DISCOUNT_SATURATED": False, "SCORING_PHASES": 1},
     "kNN 20k random bank": {"SCORER": "knn", "KNN_BANK_SIZE": 20_000, "KNN_BANK_SAMPLING": "random", "EPOCHS": 0,
-                            "KNN_SHRINKAGE": 1.0, "DISCOUNT_SATURATED": False},
+                            "KNN_SHRINKAGE": 1.0, "DISCOUNT_SATURATED": False, "SCORING_PHASES": 1},
     "kNN 10k coreset": {"SCORER": "knn", "KNN_BANK_SIZE": 10_000, "KNN_BANK_SAMPLING": "coreset", "KNN_SHRINKAGE": 1.0},
     "Gaussian (untrained heads)": {"SCORER": "mahalanobis", "EPOCHS": 0},
     "Gaussian (trained heads)": {"SCORER": "mahalanobis"},
 }
 
 
-STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --DISCOUNT_SATURATED=false", "v1.1 --KNN_NUISANCE_WEIGHT=1", "v1.1 --KNN_IMAGE_BANK_SIZE=0",
+STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --SCORING_PHASES=1", "v1.1 --SCORING_PHASES=4",
+               "v1.1 --DISCOUNT_SATURATED=false", "v1.1 --KNN_NUISANCE_WEIGHT=1", "v1.1 --KNN_IMAGE_BANK_SIZE=0",
                "v1.1 --KNN_SHRINKAGE=1", "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0", "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false",
                "Gaussian (untrained heads)", "Gaussian (trained heads)")
 STRESS_IMAGES = 800  # re-lit test images per stressed copy, at most: all six lightings of small test sets, one of large
@@ -163,16 +172,22 @@ def scored_grids(heads: StackedLoRAHeads, scorer: Scorer, patches: list[torch.Te
     return Grids(maps, images)
 
 
+def discounts_saturated(train: token_cache.SplitTokens, settings) -> bool:
+    """Whether the row discounts saturated patches: ``DISCOUNT_SATURATED`` and the training images clip, as
+    ``fit.Runner.fit_scale`` decides."""
+    return settings.DISCOUNT_SATURATED and clipping_is_normal(train.saturated)
+
+
 def saturation(split: token_cache.SplitTokens, train: token_cache.SplitTokens, settings) -> list[torch.Tensor] | None:
-    """The split's saturated shares when the row discounts them (``DISCOUNT_SATURATED`` and the training
-    images clip, as ``fit.Runner.fit_scale`` decides), else None."""
-    return split.saturated if settings.DISCOUNT_SATURATED and clipping_is_normal(train.saturated) else None
+    """The split's saturated shares when the row discounts them (``discounts_saturated``), else None."""
+    return split.saturated if discounts_saturated(train, settings) else None
 
 
 def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
                  ) -> tuple[Grids, Grids]:
     """The validation and test images' ``Grids`` of the row ``settings`` give on cached ``tokens``:
-    synthetic samples (cached, when the row uses them), heads and scorer fitted as ``evaluate_row`` does."""
+    synthetic samples (cached, when the row uses them), heads and scorer fitted as ``evaluate_row`` does; scored
+    at the first phase only (the image itself, whatever ``SCORING_PHASES`` says)."""
     synthetic = None
     with torch.inference_mode():
         if needs_synthetic_samples(settings):
@@ -222,25 +237,48 @@ class RowOutputs:
     map_seconds: float
 
 
+def phase_grids(heads: StackedLoRAHeads, scorer: Scorer, split: token_cache.SplitTokens, discount: bool,
+                phases: int) -> list[Grids]:
+    """``Grids`` of ``split`` at each of its first ``phases`` scoring phases (the image itself first, then
+    ``split.phases``), discounted by the saturated shares when ``discount``. Raises ``ValueError`` when the split was
+    cached with fewer phases (``token_cache.pipeline_tokens(phases=...)``)."""
+    if phases - 1 > len(split.phases):
+        raise ValueError(f"SCORING_PHASES {phases} needs tokens cached with phases={phases}; these have "
+                         f"{1 + len(split.phases)}")
+    sources = [(split.patches, split.saturated)] + [(p.patches, p.saturated) for p in split.phases[:phases - 1]]
+    return [scored_grids(heads, scorer, patches, shares if discount else None) for patches, shares in sources]
+
+
+def stacked_maps(phases: list[Grids]) -> list[torch.Tensor]:
+    """Per image the map's grid as ``fit.Runner._score_batch`` keeps it: ``[gh, gw]`` for one phase, else each
+    phase's grid padded to the image's own (``padded_grid``) and stacked, ``[P, gh, gw]``."""
+    if len(phases) == 1:
+        return phases[0].maps
+    return [torch.stack([padded_grid(grids.maps[i], own.shape) for grids in phases])
+            for i, own in enumerate(phases[0].maps)]
+
+
 def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingTokens | None, settings) -> RowOutputs:
-    """Fit with ``settings`` on cached tokens (``timing`` collects the fit's stages), score validation and test."""
+    """Fit with ``settings`` on cached tokens (``timing`` collects the fit's stages), score validation and test at
+    ``settings.SCORING_PHASES`` phases (the tokens cached with at least as many)."""
     train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
     timing.reset()
     heads, scorer, losses, _ = fit_row(train, synthetic, settings)
     start = time.perf_counter()
+    discount = discounts_saturated(train, settings)
     # Both splits get the image score's search too, as in a run (validation peaks feed the score fusion).
-    val_grids = scored_grids(heads, scorer, validation.patches, saturation(validation, train, settings)).maps
-    test_scored = scored_grids(heads, scorer, test.patches, saturation(test, train, settings))
+    val_grids = stacked_maps(phase_grids(heads, scorer, validation, discount, settings.SCORING_PHASES))
+    test_phases = phase_grids(heads, scorer, test, discount, settings.SCORING_PHASES)
     score_seconds = time.perf_counter() - start
-    scores = test_scored.peaks()
+    scores = np.mean([grids.peaks() for grids in test_phases], axis=0)  # as fit.Runner: the phases' mean peak
+    test_grids = stacked_maps(test_phases)
     start = time.perf_counter()
     # As fit.fit_category: maps centred on the validation images' median; image scores from the raw grids.
     reference = map_median_of(val_grids)
     centre = (lambda g: centred_grid(g, reference)) if settings.CENTRE_MAPS else (lambda g: g)
     val_maps = [anomaly_map(centre(g), s, o)
                 for g, s, o in zip(val_grids, validation.input_sizes, validation.original_sizes)]
-    test_maps = [anomaly_map(centre(g), s, o)
-                 for g, s, o in zip(test_scored.maps, test.input_sizes, test.original_sizes)]
+    test_maps = [anomaly_map(centre(g), s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
     return RowOutputs(val_maps, test_maps, scores, losses, score_seconds, time.perf_counter() - start)
 
 
@@ -332,12 +370,14 @@ def case_root(dataset: str) -> tuple[str, Path]:
     return category, (root if dataset == base else stressed_copy(base, category, root))
 
 
-def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int) -> dict[str, token_cache.SplitTokens]:
-    """The cached tokens (``token_cache.pipeline_tokens``) of a ``parse_case`` dataset at ``size`` (``case_root``)."""
+def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int, phases: int = 1
+                ) -> dict[str, token_cache.SplitTokens]:
+    """The cached tokens (``token_cache.pipeline_tokens``) of a ``parse_case`` dataset at ``size`` (``case_root``),
+    validation and test with ``phases`` scoring phases."""
     category, root = case_root(dataset)
     defaults = v11.default_config()
     return token_cache.pipeline_tokens(extractor, str(root), category, backbone, size, defaults.FEATURE_LAYERS,
-                                       batch_size=defaults.BATCH_SIZE)
+                                       batch_size=defaults.BATCH_SIZE, phases=phases)
 
 
 def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
@@ -400,9 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append((dataset + STRESS_SUFFIX, category, stressed_copy(dataset, category, data_root), stress_rows))
     results = []
     for dataset, category, data_root, rows in cases:
+        phases = max(defaults.replace(**ROWS[row]).SCORING_PHASES for row in rows)
         for size in (int(s) for s in args.image_sizes.split(",")):
             tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size,
-                                                 defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE)
+                                                 defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE, phases=phases)
             masks = ground_truth_masks(tokens["test_public"])
             synthetic = None
             for row in rows:

@@ -8,7 +8,9 @@ A cached split holds, per image in ``dataset_ad2`` order: the CLS token ``[D]``,
 grid ``[gh, gw, D]`` (float16), the per-channel mean and std of the decoded network input
 ``[3]`` each and its light field ``[3, 3]`` (``anomalyvfm.illumination.light_stats``), the share of each
 patch's pixels clipped at the top ``[gh, gw]`` (``anomalyvfm.scoring.saturated_share``), the original
-size and the network input size. Train tokens are of the images as
+size and the network input size. With ``phases`` above 1 (the product's ``SCORING_PHASES``), validation and
+test splits also carry the patch grids and saturated shares of their inputs cropped by each further phase's
+shift (``anomalyvfm.scoring.shifted_inputs``), cached per shift. Train tokens are of the images as
 they are; validation and test tokens are of the images as the pipeline scores them: projected
 onto the training images' illumination range where they fall outside it (``anomalyvfm.illumination``),
 in the same pass. A split is keyed by its resolved folder, so a lighting-stressed copy whose
@@ -20,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +39,16 @@ FORMAT = "v3"
 
 
 @dataclass
+class PhaseTokens:
+    """A split's images scored at one further phase: their network inputs cropped by ``shift`` ``(down, right)``
+    pixels (``scoring.shifted_inputs``), through the same illumination step. Lists are per image."""
+
+    shift: tuple[int, int]
+    patches: list[torch.Tensor]      # [gh', gw', D] float16 each; a shifted axis lacks the image's last patch
+    saturated: list[torch.Tensor]    # [gh', gw'] each
+
+
+@dataclass
 class SplitTokens:
     """Backbone outputs of one split. Lists are per image, in the split's sample order."""
 
@@ -49,6 +61,7 @@ class SplitTokens:
     original_sizes: list[tuple[int, int]]  # (H, W)
     input_sizes: list[tuple[int, int]]     # (h, w), multiples of the patch size
     saturated: list[torch.Tensor] | None = None  # [gh, gw] each, of the input as decoded; None only while an older file is read
+    phases: list[PhaseTokens] = field(default_factory=list)  # the further scoring phases, in PHASE_SHIFTS order
 
 
 def _digest(*parts: object) -> str:
@@ -60,13 +73,16 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str, image_size: int,
-                    layers: Sequence[int], *, batch_size: int = 8, log=print) -> dict[str, SplitTokens]:
-    """``{split: SplitTokens}`` for train, validation and test_public, from the cache when present.
+                    layers: Sequence[int], *, batch_size: int = 8, phases: int = 1, log=print
+                    ) -> dict[str, SplitTokens]:
+    """``{split: SplitTokens}`` for train, validation and test_public, from the cache when present; validation
+    and test with ``phases - 1`` further scoring phases (``SplitTokens.phases``).
 
     ``extractor`` (an ``anomalyvfm.backbone.FeatureExtractor``) is only used for splits not cached yet.
     """
     import anomalyvfm.illumination as illumination_module
     from anomalyvfm.illumination import IlluminationRange
+    from anomalyvfm.scoring import phase_shifts
 
     data = dataset_ad2.load_category(data_root, category)
     backbone_id = Path(backbone_name).resolve() if Path(backbone_name).exists() else backbone_name
@@ -97,8 +113,28 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
             field_outside = illumination.field_excess(tokens.light_fields).flatten(1).any(-1)
             log(f"illumination: {int(field_outside.sum())} of {len(samples)} {split} images outside the training "
                 f"range of light fields, {int(stats_outside.sum())} of channel statistics (before the field step)")
+            if samples:  # the patch size from the grid, as the extractor may be None when all is cached
+                patch_size = tokens.input_sizes[0][0] // tokens.patches[0].shape[0]
+                tokens.phases = [_phase_tokens(extractor, tokens, category, image_size, split, f"{key}|{shift}",
+                                               illumination, shift, batch_size, log)
+                                 for shift in phase_shifts(phases, patch_size)[1:]]
         out[split] = tokens
     return out
+
+
+def _phase_tokens(extractor, tokens: SplitTokens, category: str, image_size: int, split: str, key: str,
+                  illumination, shift: tuple[int, int], batch_size: int, log) -> PhaseTokens:
+    """``tokens``' split at the scoring phase ``shift``, from the cache when present (``key``: the split's own
+    key and the shift)."""
+    file = CACHE_DIR / f"{category}-{image_size}-{split}-shift{shift[0]}x{shift[1]}-{_digest(key)}.pt"
+    shifted = _load(file, tokens.samples)
+    if shifted is None:
+        start = time.perf_counter()
+        shifted = _compute(extractor, tokens.samples, image_size, illumination, batch_size, shift)
+        _save(file, shifted)
+        log(f"cached {category} {split} @{image_size} shifted {shift}: {len(tokens.samples)} images in "
+            f"{time.perf_counter() - start:.0f} s")
+    return PhaseTokens(shift, shifted.patches, shifted.saturated)
 
 
 def _save(file: Path, tokens: SplitTokens) -> None:
@@ -140,11 +176,13 @@ def _decoded_extras(paths: list[Path], image_size: int, patch_size: int, batch_s
 
 
 @torch.inference_mode()
-def _compute(extractor, samples: list[dataset_ad2.Sample], image_size: int, illumination, batch_size: int
-             ) -> SplitTokens:
+def _compute(extractor, samples: list[dataset_ad2.Sample], image_size: int, illumination, batch_size: int,
+             shift: tuple[int, int] = (0, 0)) -> SplitTokens:
+    """The split's tokens; with a ``shift``, its patches, saturated shares and CLS are of the inputs cropped by it
+    (``scoring.shifted_inputs``, as ``fit.Runner.features`` scores a phase), the light statistics of the image's."""
     from anomalyvfm.backbone import iterate_images, normalize, target_size
     from anomalyvfm.illumination import light_stats
-    from anomalyvfm.scoring import saturated_share
+    from anomalyvfm.scoring import saturated_share, shifted_inputs
 
     paths = [s.path for s in samples]
     sizes = [target_size(*dataset_ad2.image_size(p), image_size, extractor.patch_size) for p in paths]
@@ -155,6 +193,8 @@ def _compute(extractor, samples: list[dataset_ad2.Sample], image_size: int, illu
     for indices, images in iterate_images(paths, image_size, extractor.patch_size, batch_size=batch_size,
                                           num_workers=1):
         means[indices], stds[indices], fields[indices] = light_stats(images)
+        if shift != (0, 0):
+            images = shifted_inputs(images, shift, extractor.patch_size)
         shares = saturated_share(images, extractor.patch_size)
         if illumination is not None:
             images = illumination.apply(images)

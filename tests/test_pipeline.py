@@ -107,7 +107,8 @@ def test_a_clipped_highlight_counts_in_proportion_to_its_unclipped_pixels_in_map
     grids = {}
     for discount in (False, True):
         model.scales[0].discount_saturated = discount  # decided at fit time, from the training images
-        with Runner(config, Method(), backbone=tiny_backbone, progress=False) as runner:
+        # One scoring phase: the shares above are of the image's own patch grid.
+        with Runner(config.replace(SCORING_PHASES=1), Method(), backbone=tiny_backbone, progress=False) as runner:
             raw = runner.raw_scores_of_images(model.scales[0], [image])
         grids[discount] = raw.grids[0]
     torch.testing.assert_close(grids[True], discount_saturated(grids[False], share))
@@ -347,7 +348,7 @@ def test_a_run_with_four_phases_scores_from_disk_as_in_memory_and_predict_keeps_
     for index in range(len(paths)):
         assert tuple(from_disk.grids[index].shape)[0] == 4
         torch.testing.assert_close(from_disk.grids[index], in_memory.grids[index], rtol=1e-4, atol=1e-5)
-    # --PREDICT with the run's default SCORING_PHASES (1) scores as the saved model's settings say (4).
+    # --PREDICT with another SCORING_PHASES (1) on the command line scores as the saved model's settings say (4).
     run(config.replace(SCORING_PHASES=1, PREDICT=str(bad)), backbone=tiny_backbone, progress=False)
     out = max((tmp_path / "results" / "predictions").glob(f"{category}-*"))
     saved = _scores(tmp_path / "results" / category / "scores.csv")

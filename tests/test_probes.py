@@ -62,9 +62,13 @@ def test_image_score_probe_aurocs_per_group_and_the_gap_averaged_over_seeds():
         return g
 
     labels, groups = np.array([0, 1, 0, 1]), np.array(["regular", "regular", "shift", "shift"])
-    found = variant_aurocs([grid(1.0), grid(3.0), grid(4.0), grid(2.0)], labels, groups, ["regular", "shift"])
+    found = variant_aurocs([[grid(1.0), grid(3.0), grid(4.0), grid(2.0)]], labels, groups, ["regular", "shift"])
     # "max": regular 3 > 1 (AUROC 1), shift 2 < 4 (0); pooled pairs (good, bad): (1,3) (1,2) (4,3) (4,2) -> 2 of 4
     assert found["max"] == (0.5, [1.0, 0.0])
+    # A second phase whose re-lit images rank the other way: scores averaged per image, (4+0)/2 < (2+6)/2.
+    two = variant_aurocs([[grid(1.0), grid(3.0), grid(4.0), grid(2.0)], [grid(1.0), grid(3.0), grid(0.0), grid(6.0)]],
+                         labels, groups, ["regular", "shift"])
+    assert two["max"] == (1.0, [1.0, 1.0])
     table = gap_table({0: found, 5: {v: (0.75, [0.5, 1.0]) for v in VARIANTS}}, ["regular", "shift"]).splitlines()
     assert table[0] == "| image score | SEED 0 | SEED 5 | mean pooled | mean regular | mean gap |"
     # max: gaps 0.5 - 1 = -0.5 and 0.75 - 0.5 = +0.25; means pooled 0.625, regular 0.75, gap -0.125
