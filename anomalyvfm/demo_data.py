@@ -186,6 +186,12 @@ def _render(category: str, shape: tuple[int, int], lighting: str, defective: boo
 
 
 # -- writing --------------------------------------------------------------------------------------
+def private_is_defective(index: int) -> bool:
+    """Whether image ``index`` (its file name's number) of ``test_private`` / ``test_private_mixed`` is defective:
+    every second one, unlabelled in the folder."""
+    return index % 2 == 1
+
+
 def generate_demo_dataset(root: str | Path, categories: Sequence[str] = DEMO_CATEGORIES, *, n_train: int = 24,
                           n_validation: int = 6, n_test_good: int = 8, n_test_bad: int = 8, n_private: int = 4,
                           image_size: tuple[int, int] = (168, 280), seed: int = 0) -> Path:
@@ -217,8 +223,8 @@ def generate_demo_dataset(root: str | Path, categories: Sequence[str] = DEMO_CAT
             ("validation/good", n_validation, lambda i: "regular", lambda i: False),
             ("test_public/good", n_test_good, lambda i: _TEST_LIGHTING[i % 7], lambda i: False),
             ("test_public/bad", n_test_bad, lambda i: _TEST_LIGHTING[i % 7], lambda i: True),
-            ("test_private", n_private, lambda i: _TEST_LIGHTING[i % 7], lambda i: i % 2 == 1),
-            ("test_private_mixed", n_private, lambda i: "mixed", lambda i: i % 2 == 1)]
+            ("test_private", n_private, lambda i: _TEST_LIGHTING[i % 7], private_is_defective),
+            ("test_private_mixed", n_private, lambda i: "mixed", private_is_defective)]
     for category in categories:
         for split_index, (folder, count, lighting_at, defective_at) in enumerate(plan):
             out = root / category / folder

@@ -34,8 +34,8 @@ from anomalyvfm.preflight import check_device
 from anomalyvfm.model import (CategoryModel, RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map,
                               fused_scores, model_settings)
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens
-from anomalyvfm.scoring import (MAX_FIT_TOKENS, clipping_is_normal, fit_scorer, padded_grid, patch_grid, peak_score,
-                               phase_shifts, saturated_share, shifted_inputs)
+from anomalyvfm.scoring import (MAX_FIT_TOKENS, clipping_is_normal, fit_scorer, patch_grid, peak_score, phase_shifts,
+                               saturated_share, shifted_inputs, stacked_phases)
 from anomalyvfm.synthetic import SyntheticSample, make_synthetic_samples
 from anomalyvfm.training import training_tokens_of
 
@@ -262,11 +262,11 @@ class Runner:
                         self.method.patch_distances(grid, float(cls_distance[row]), attention), saturated)
                     grid = shaped(distances[row])
                     peaks[row].append(peak_score(grid if image_distances is None else shaped(image_distances[row])))
-                    grids[row].append(padded_grid(grid, (gh, gw)))
+                    grids[row].append(grid)
             patch = self.extractor.patch_size
             for row, index in enumerate(indices):
                 raw.cls_distances[index] = float(cls_distance[row])
-                raw.grids[index] = grids[row][0] if len(phases) == 1 else torch.stack(grids[row])
+                raw.grids[index] = stacked_phases(grids[row], (gh, gw))
                 raw.peaks[index] = float(np.mean(peaks[row]))
                 raw.input_sizes[index] = (gh * patch, gw * patch)
             raw.embeddings[indices] = cls_embedding.numpy()

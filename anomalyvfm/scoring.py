@@ -359,6 +359,13 @@ def padded_grid(patch_scores: torch.Tensor, shape: tuple[int, int]) -> torch.Ten
     return F.pad(patch_scores[None, None], (0, columns, 0, rows), mode="replicate")[0, 0]
 
 
+def stacked_phases(grids: Sequence[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """One image's map grid from its scoring phases' grids (the image itself first): each brought to the image's
+    own grid ``shape`` (``padded_grid``); ``[gh, gw]`` for one phase, else stacked, ``[P, gh, gw]``."""
+    padded = [padded_grid(grid, shape) for grid in grids]
+    return padded[0] if len(padded) == 1 else torch.stack(padded)
+
+
 def centred_grid(patch_scores: torch.Tensor, reference: float) -> torch.Tensor:
     """``[gh, gw]`` patch distances shifted so that their median equals ``reference`` (``[P, gh, gw]``: each
     phase's grid by its own median).

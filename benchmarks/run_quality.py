@@ -63,8 +63,8 @@ from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_i
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens  # noqa: E402
 from anomalyvfm.scoring import MAX_FIT_TOKENS, Scorer  # noqa: E402
-from anomalyvfm.scoring import (anomaly_map, centred_grid, clipping_is_normal, map_median_of, padded_grid,  # noqa: E402
-                                patch_grid, peak_score)
+from anomalyvfm.scoring import (anomaly_map, centred_grid, clipping_is_normal, map_median_of,  # noqa: E402
+                                patch_grid, peak_score, stacked_phases)
 from anomalyvfm.synthetic import make_synthetic_samples  # noqa: E402
 from anomalyvfm.training import TrainingTokens, training_tokens_of  # noqa: E402
 
@@ -250,12 +250,9 @@ def phase_grids(heads: StackedLoRAHeads, scorer: Scorer, split: token_cache.Spli
 
 
 def stacked_maps(phases: list[Grids]) -> list[torch.Tensor]:
-    """Per image the map's grid as ``fit.Runner._score_batch`` keeps it: ``[gh, gw]`` for one phase, else each
-    phase's grid padded to the image's own (``padded_grid``) and stacked, ``[P, gh, gw]``."""
-    if len(phases) == 1:
-        return phases[0].maps
-    return [torch.stack([padded_grid(grids.maps[i], own.shape) for grids in phases])
-            for i, own in enumerate(phases[0].maps)]
+    """Per image the map's grid as ``fit.Runner._score_batch`` keeps it (``scoring.stacked_phases``): ``[gh, gw]``
+    for one phase, else ``[P, gh, gw]``; ``phases[0]`` sets each image's own grid."""
+    return [stacked_phases([grids.maps[i] for grids in phases], own.shape) for i, own in enumerate(phases[0].maps)]
 
 
 def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingTokens | None, settings) -> RowOutputs:

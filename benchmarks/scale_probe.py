@@ -38,12 +38,13 @@ good test images' own offsets) and how much of a real defect's signal they would
 
 ``shift`` (test-time sub-patch phases, the product's ``SCORING_PHASES``): every validation and test image is
 also encoded with its network input cropped half a patch in (``scoring.PHASE_SHIFTS``: down-right, then
-right and down; the last, partial patch dropped, ``scoring.shifted_inputs``), so its tokens sit between the
-unshifted ones. Each phase's patch grid is scored by the default row fitted once and discounted as the
-product's; the phases are centred, upsampled, moved back and averaged by ``scoring.anomaly_map``. The image
-score is the mean of the phases' peaks. Printed for the image alone (the default), the diagonal phase alone,
-two phases and four: also SegF1 at the validation rule (validation maps made the same way) and AU-PRO@0.05
-minus the default's with its 95 % scene-bootstrap interval. Each phase costs one more backbone pass per
+right and down; the last, partial patch dropped), cached by ``token_cache.pipeline_tokens(phases=4)``, so its
+tokens sit between the unshifted ones. Each phase's patch grid is scored by the default row fitted once and
+discounted as the product's; the phases are stacked, centred, upsampled, moved back and averaged as in a run
+(``run_quality.phase_grids``, ``scoring.stacked_phases``, ``scoring.anomaly_map``). The image score is the
+mean of the phases' peaks. Printed for the image alone, the diagonal phase alone, two phases (the default)
+and four: also SegF1 at the validation rule (validation maps made the same way) and AU-PRO@0.05 minus the
+image alone's with its 95 % scene-bootstrap interval. Each phase costs one more backbone pass per
 image; unlike a mirror, a shift keeps the scene's orientation and light.
 
 Printed per case and weight: test image AUROC, AU-PRO@0.05 and @0.30. Tokens come from run_quality's
@@ -71,10 +72,9 @@ import anomaly_vfm_v11_lora as v11  # noqa: E402
 import dataset_ad2  # noqa: E402
 from anomalyvfm import metrics  # noqa: E402
 from anomalyvfm.metrics.lighting import ordered_groups  # noqa: E402
-from anomalyvfm.backbone import FeatureExtractor, normalize, to_input  # noqa: E402
-from anomalyvfm.illumination import IlluminationRange  # noqa: E402
-from anomalyvfm.scoring import (PHASE_SHIFTS, anomaly_map, centred_grid, map_median_of, padded_grid,  # noqa: E402
-                                phase_shifts, saturated_share, shifted_inputs)
+from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
+from anomalyvfm.scoring import (PHASE_SHIFTS, anomaly_map, centred_grid, map_median_of, phase_shifts,  # noqa: E402
+                                stacked_phases)
 from anomalyvfm.synthetic import DEFECT_TOKEN_FRACTION  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -219,54 +219,30 @@ def flip_rows(tokens: dict[str, token_cache.SplitTokens], mirrored: token_cache.
             for label, (maps, images) in candidates.items()}
 
 
-@torch.inference_mode()
-def shifted_grids(extractor: FeatureExtractor, split: token_cache.SplitTokens, train: token_cache.SplitTokens,
-                  shift: tuple[int, int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Patch grids ``[gh, gw, D]`` and saturated shares ``[gh, gw]`` of ``split``'s images with their network
-    input moved by ``shift`` (``scoring.shifted_inputs``), through the run's illumination step as the cached
-    tokens were."""
-    illumination = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields)
-    grids, shares = [], []
-    for sample, size in zip(split.samples, split.input_sizes):
-        image = shifted_inputs(to_input(dataset_ad2.load_image(sample.path), size)[None], shift, extractor.patch_size)
-        shares.append(saturated_share(image, extractor.patch_size)[0])
-        grids.append(extractor(normalize(illumination.apply(image))).patches[0].half())
-    return grids, shares
-
-
 def shift_rows(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExtractor, size: int
                ) -> dict[str, tuple[list[np.ndarray], list[np.ndarray], np.ndarray]]:
     """``{label: (validation maps, test maps [H, W], test image scores [N])}`` for the image alone, the diagonal
-    shift alone, two phases and four, the default row fitted once on ``tokens``."""
+    shift alone, two phases and four, the default row fitted once on ``tokens`` (cached with four phases)."""
     settings = v11.default_config().replace(IMAGE_SIZE=size)
     train = tokens["train"]
     with torch.inference_mode():
         synthetic = run_quality.synthetic_tokens(extractor, train, size, settings.SYNTHETIC_SAMPLES, settings.SEED)
     heads, scorer, _, _ = run_quality.fit_row(train, synthetic, settings)
+    discount = run_quality.discounts_saturated(train, settings)
+    with torch.inference_mode():
+        scored = {split: run_quality.phase_grids(heads, scorer, tokens[split], discount, len(PHASE_SHIFTS))
+                  for split in ("validation", "test_public")}
     shifts = phase_shifts(len(PHASE_SHIFTS), extractor.patch_size)
-    scored: dict[str, list[run_quality.Grids]] = {}
-    for split in ("validation", "test_public"):
-        tokens_of = tokens[split]
-        discount = run_quality.saturation(tokens_of, train, settings) is not None  # as the product decides
-        scored[split] = []
-        for shift in shifts:
-            if shift == (0, 0):
-                patches, shares = tokens_of.patches, tokens_of.saturated
-            else:
-                patches, shares = shifted_grids(extractor, tokens_of, train, shift)
-            with torch.inference_mode():
-                scored[split].append(run_quality.scored_grids(heads, scorer, patches, shares if discount else None))
-    reference = map_median_of(scored["validation"][0].maps)
     rows = {}
-    for label, chosen in (("image alone (default)", [0]), ("diagonal shift alone", [1]), ("2 phases", [0, 1]),
+    for label, chosen in (("image alone", [0]), ("diagonal shift alone", [1]), ("2 phases (default)", [0, 1]),
                           ("4 phases", [0, 1, 2, 3])):
-        def stacked(split: str, i: int) -> torch.Tensor:
-            own = scored[split][0].maps[i].shape
-            return torch.stack([padded_grid(scored[split][k].maps[i], own) for k in chosen])
-        maps = {split: [anomaly_map(centred_grid(stacked(split, i), reference),
-                                    tokens[split].input_sizes[i], tokens[split].original_sizes[i],
-                                    shifts=[shifts[k] for k in chosen])
-                        for i in range(len(tokens[split].samples))] for split in scored}
+        # As run_quality.row_outputs, the own grid of each image is that of the unshifted phase.
+        grids = {split: [stacked_phases([scored[split][k].maps[i] for k in chosen], own.shape)
+                         for i, own in enumerate(scored[split][0].maps)] for split in scored}
+        reference = map_median_of(grids["validation"])
+        maps = {split: [anomaly_map(centred_grid(grid, reference), tokens[split].input_sizes[i],
+                                    tokens[split].original_sizes[i], shifts=[shifts[k] for k in chosen])
+                        for i, grid in enumerate(grids[split])] for split in grids}
         scores = np.mean([scored["test_public"][k].peaks() for k in chosen], axis=0)
         rows[label] = (maps["validation"], maps["test_public"], scores)
     return rows
@@ -352,7 +328,8 @@ def main(argv: list[str]) -> int:
     defaults = v11.default_config()
     for name, size in cases:
         case = f"{name}@{size}"
-        tokens = run_quality.case_tokens(extractor, backbone, name, size)
+        phases = len(PHASE_SHIFTS) if probe == "shift" else 1
+        tokens = run_quality.case_tokens(extractor, backbone, name, size, phases=phases)
         masks = run_quality.ground_truth_masks(tokens["test_public"])
         if probe == "sizes":
             first = standardised_size(tokens, extractor, size)
@@ -379,17 +356,17 @@ def main(argv: list[str]) -> int:
             samples = tokens["test_public"].samples
             scenes = [dataset_ad2.scene_of(s.relative_path) for s in samples]
             rows = shift_rows(tokens, extractor, size)
-            default_maps = rows["image alone (default)"][1]
+            single_maps = rows["image alone"][1]
             for label, (validation_maps, maps, scores) in rows.items():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
                     segf1 = metrics.seg_f1(maps, masks, metrics.mean_plus_k_std(validation_maps))
                     extra = f" | SegF1 {segf1:.4f}"
-                    if maps is not default_maps:
-                        found = metrics.paired_au_pro_interval(maps, default_maps, masks, scenes, 0.05,
+                    if maps is not single_maps:
+                        found = metrics.paired_au_pro_interval(maps, single_maps, masks, scenes, 0.05,
                                                                num_bins=run_quality.PRO_BINS,
                                                                resamples=BOOTSTRAP_DRAWS)
-                        extra += f" | vs default: {found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
+                        extra += f" | vs image alone: {found['difference']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
                 print_test_row(case, label, maps, scores, masks, samples, extra)
             continue
         if probe == "position":

@@ -8,7 +8,7 @@ from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, fit_fusion, fit_map_medians, full_size_map, fused_scores
 from anomalyvfm.scoring import (GaussianScorer, NearestNeighbourScorer, anomaly_map, centred_grid, discount_saturated,
                                clipping_is_normal, map_median_of, patch_grid, saturated_share,
-                               PEAK_PATCHES, padded_grid, peak_score, phase_shifts, shifted_inputs,
+                               PEAK_PATCHES, padded_grid, peak_score, phase_shifts, shifted_inputs, stacked_phases,
                                whitening_matrix)
 
 
@@ -302,6 +302,17 @@ def test_padded_grid_repeats_the_last_row_and_column_up_to_the_image_grid():
     torch.testing.assert_close(padded_grid(grid, (3, 3)), torch.tensor([[1.0, 2.0, 2.0], [3.0, 4.0, 4.0],
                                                                         [3.0, 4.0, 4.0]]))
     torch.testing.assert_close(padded_grid(grid, (2, 3)), torch.tensor([[1.0, 2.0, 2.0], [3.0, 4.0, 4.0]]))
+
+
+def test_stacked_phases_keeps_one_grid_and_stacks_padded_phases():
+    image = torch.arange(6.0).reshape(2, 3)
+    diagonal = torch.tensor([[10.0, 11.0]])  # a phase shifted down and right: a row and a column fewer
+    assert stacked_phases([image], (2, 3)) is image
+    both = stacked_phases([image, diagonal], (2, 3))
+    assert both.shape == (2, 2, 3)
+    assert torch.equal(both[0], image)
+    torch.testing.assert_close(both[1], torch.tensor([[10.0, 11.0, 11.0], [10.0, 11.0, 11.0]]))
+    torch.testing.assert_close(stacked_phases([diagonal], (2, 3)), both[1])
 
 
 def test_centred_grid_centres_each_phase_on_its_own_median():
