@@ -65,8 +65,7 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str, s
     {metric: bootstrap draws of the seed-averaged difference})``."""
     dataset, size = run_quality.parse_case(case)
     defaults = v11.default_config().replace(IMAGE_SIZE=size)
-    phases = max(defaults.replace(**run_quality.ROWS[row]).SCORING_PHASES for row in (first, second))
-    tokens = run_quality.case_tokens(extractor, backbone, dataset, size, phases)
+    tokens = run_quality.case_tokens(extractor, backbone, dataset, size, run_quality.phases_needed((first, second)))
     test = tokens["test_public"]
     masks = run_quality.ground_truth_masks(test)
     labels = np.array([s.label for s in test.samples])

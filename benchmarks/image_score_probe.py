@@ -72,14 +72,7 @@ def variant_aurocs(phases: list[list[torch.Tensor]], labels: np.ndarray, groups:
 def phase_score_grids(extractor, tokens: dict, settings) -> list[list[torch.Tensor]]:
     """The image score's grids ``[gh, gw]`` of the test images at each of ``settings.SCORING_PHASES`` phases
     (``[phase][image]``), the row fitted on cached ``tokens`` as ``run_quality.row_outputs`` fits it."""
-    train = tokens["train"]
-    with torch.inference_mode():
-        synthetic = run_quality.synthetic_tokens(extractor, train, settings.IMAGE_SIZE, settings.SYNTHETIC_SAMPLES,
-                                                 settings.SEED)
-    heads, scorer, _, _ = run_quality.fit_row(train, synthetic, settings)
-    with torch.inference_mode():
-        phases = run_quality.phase_grids(heads, scorer, tokens["test_public"],
-                                         run_quality.discounts_saturated(train, settings), settings.SCORING_PHASES)
+    phases = run_quality.fitted_phase_grids(extractor, tokens, settings, splits=("test_public",))["test_public"]
     return [grids.images for grids in phases]
 
 

@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -183,21 +183,34 @@ def saturation(split: token_cache.SplitTokens, train: token_cache.SplitTokens, s
     return split.saturated if discounts_saturated(train, settings) else None
 
 
-def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
-                 ) -> tuple[Grids, Grids]:
-    """The validation and test images' ``Grids`` of the row ``settings`` give on cached ``tokens``:
-    synthetic samples (cached, when the row uses them), heads and scorer fitted as ``evaluate_row`` does; scored
-    at the first phase only (the image itself, whatever ``SCORING_PHASES`` says)."""
+def fitted_phase_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings,
+                       splits: Sequence[str] = ("validation", "test_public")) -> dict[str, list[Grids]]:
+    """``{split: Grids at each of settings.SCORING_PHASES phases}`` (``phase_grids``) of the row ``settings`` give
+    on cached ``tokens``: synthetic samples (cached, when the row uses them), heads and scorer fitted as
+    ``evaluate_row`` does."""
     synthetic = None
     with torch.inference_mode():
         if needs_synthetic_samples(settings):
             synthetic = synthetic_tokens(extractor, tokens["train"], settings.IMAGE_SIZE, settings.SYNTHETIC_SAMPLES,
                                          settings.SEED)
     heads, scorer, _, _ = fit_row(tokens["train"], synthetic, settings)
+    discount = discounts_saturated(tokens["train"], settings)
     with torch.inference_mode():
-        train, validation, test = tokens["train"], tokens["validation"], tokens["test_public"]
-        return (scored_grids(heads, scorer, validation.patches, saturation(validation, train, settings)),
-                scored_grids(heads, scorer, test.patches, saturation(test, train, settings)))
+        return {split: phase_grids(heads, scorer, tokens[split], discount, settings.SCORING_PHASES) for split in splits}
+
+
+def fitted_grids(extractor: FeatureExtractor, tokens: dict[str, token_cache.SplitTokens], settings
+                 ) -> tuple[Grids, Grids]:
+    """The validation and test images' ``Grids`` of the row ``settings`` give on cached ``tokens``
+    (``fitted_phase_grids``), scored at the first phase only (the image itself, whatever ``SCORING_PHASES`` says)."""
+    found = fitted_phase_grids(extractor, tokens, settings.replace(SCORING_PHASES=1))
+    return found["validation"][0], found["test_public"][0]
+
+
+def phases_needed(rows: Iterable[str]) -> int:
+    """The most scoring phases any of ``rows`` (``ROWS`` names) scores: the phases their tokens must be cached with."""
+    defaults = v11.default_config()
+    return max(defaults.replace(**ROWS[row]).SCORING_PHASES for row in rows)
 
 
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
@@ -437,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append((dataset + STRESS_SUFFIX, category, stressed_copy(dataset, category, data_root), stress_rows))
     results = []
     for dataset, category, data_root, rows in cases:
-        phases = max(defaults.replace(**ROWS[row]).SCORING_PHASES for row in rows)
+        phases = phases_needed(rows)
         for size in (int(s) for s in args.image_sizes.split(",")):
             tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size,
                                                  defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE, phases=phases)

@@ -223,15 +223,8 @@ def shift_rows(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExt
                ) -> dict[str, tuple[list[np.ndarray], list[np.ndarray], np.ndarray]]:
     """``{label: (validation maps, test maps [H, W], test image scores [N])}`` for the image alone, the diagonal
     shift alone, two phases and four, the default row fitted once on ``tokens`` (cached with four phases)."""
-    settings = v11.default_config().replace(IMAGE_SIZE=size)
-    train = tokens["train"]
-    with torch.inference_mode():
-        synthetic = run_quality.synthetic_tokens(extractor, train, size, settings.SYNTHETIC_SAMPLES, settings.SEED)
-    heads, scorer, _, _ = run_quality.fit_row(train, synthetic, settings)
-    discount = run_quality.discounts_saturated(train, settings)
-    with torch.inference_mode():
-        scored = {split: run_quality.phase_grids(heads, scorer, tokens[split], discount, len(PHASE_SHIFTS))
-                  for split in ("validation", "test_public")}
+    settings = v11.default_config().replace(IMAGE_SIZE=size, SCORING_PHASES=len(PHASE_SHIFTS))
+    scored = run_quality.fitted_phase_grids(extractor, tokens, settings)
     shifts = phase_shifts(len(PHASE_SHIFTS), extractor.patch_size)
     rows = {}
     for label, chosen in (("image alone", [0]), ("diagonal shift alone", [1]), ("2 phases (default)", [0, 1]),
