@@ -202,32 +202,42 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor) -> Features:
         """``pixel_values``: normalised ``[B, 3, h, w]`` with h, w multiples of the patch size."""
-        batch, _, height, width = pixel_values.shape
-        grid = (height // self.patch_size, width // self.patch_size)
-        blocks = self.backbone.encoder.layer[:self.blocks_to_run]
         captured: list[torch.Tensor] = []
         hook = None
         if self.attention:  # eager attention returns (output, weights [B, heads, T, T]); keep the last block's
-            hook = blocks[-1].attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
-        norm = self.backbone.layernorm
-        chosen: dict[int, torch.Tensor] = {}
+            last_block = self.backbone.encoder.layer[self.blocks_to_run - 1]
+            hook = last_block.attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
         try:
-            hidden = self.backbone.embeddings(pixel_values)
-            for number, block in enumerate(blocks, start=1):
-                hidden = block(hidden)
-                if number in self.layers:
-                    chosen[number] = norm(hidden)
+            chosen = self.block_tokens(pixel_values)
         finally:
             if hook is not None:
                 hook.remove()
-        tokens = torch.stack([chosen[layer] for layer in self.layers]).mean(0).float()
-        registers = tokens.shape[1] - 1 - grid[0] * grid[1]  # 0 for DINOv2, >0 for with-registers checkpoints
-        patches = tokens[:, 1 + registers:].reshape(batch, *grid, self.dim)
+        cls, patches = self.split_tokens(torch.stack([chosen[layer] for layer in self.layers]).mean(0).float(),
+                                         pixel_values.shape[-2:])
         attention = None
         if self.attention:
             last = captured[-1].float().mean(1)  # [B, T, T], averaged over heads
-            attention = last[:, 0, 1 + registers:].reshape(batch, *grid)
-        return Features(cls=tokens[:, 0], patches=patches, attention=attention)
+            attention = last[:, 0, -patches.shape[1] * patches.shape[2]:].reshape(patches.shape[:3])
+        return Features(cls=cls, patches=patches, attention=attention)
+
+    @torch.inference_mode()
+    def block_tokens(self, pixel_values: torch.Tensor) -> dict[int, torch.Tensor]:
+        """``{block: tokens [B, T, D]}`` of each block of ``layers``, through the backbone's final LayerNorm."""
+        norm = self.backbone.layernorm
+        chosen: dict[int, torch.Tensor] = {}
+        hidden = self.backbone.embeddings(pixel_values)
+        for number, block in enumerate(self.backbone.encoder.layer[:self.blocks_to_run], start=1):
+            hidden = block(hidden)
+            if number in self.layers:
+                chosen[number] = norm(hidden)
+        return chosen
+
+    def split_tokens(self, tokens: torch.Tensor, input_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, T, D]`` of inputs of ``input_size`` (h, w) -> CLS ``[B, D]`` and patch grid ``[B, gh, gw, D]``;
+        register tokens (with-registers checkpoints) between them are dropped."""
+        grid = (input_size[0] // self.patch_size, input_size[1] // self.patch_size)
+        patches = tokens[:, tokens.shape[1] - grid[0] * grid[1]:]
+        return tokens[:, 0], patches.reshape(tokens.shape[0], *grid, tokens.shape[-1])
 
 
 def resolve_num_workers(setting: int | str) -> int:

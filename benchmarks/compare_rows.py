@@ -65,21 +65,28 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str, s
     {metric: bootstrap draws of the seed-averaged difference})``."""
     dataset, size = run_quality.parse_case(case)
     defaults = v11.default_config().replace(IMAGE_SIZE=size)
-    tokens = run_quality.case_tokens(extractor, backbone, dataset, size, run_quality.phases_needed((first, second)))
-    test = tokens["test_public"]
+    # A row that sets FEATURE_LAYERS is scored on its own blocks' tokens.
+    groups = run_quality.rows_by_layers((first, second))
+    tokens_of = {layers: run_quality.case_tokens(run_quality.extractor_for(extractor, layers), backbone, dataset, size,
+                                                 run_quality.phases_needed(rows), list(layers))
+                 for layers, rows in groups.items()}
+    layers_of = {row: layers for layers, rows in groups.items() for row in rows}
+    test = tokens_of[layers_of[first]]["test_public"]
     masks = run_quality.ground_truth_masks(test)
     labels = np.array([s.label for s in test.samples])
     scenes = [dataset_ad2.scene_of(s.relative_path) for s in test.samples]
     per_seed, seed_draws = [], []
     for seed in seeds:
-        outputs, synthetic = {}, None
+        outputs, synthetic = {}, {}
         for row in (first, second):
             settings = defaults.replace(SEED=seed).replace(**run_quality.ROWS[row])
-            if needs_synthetic_samples(settings) and synthetic is None:
+            layers, tokens = layers_of[row], tokens_of[layers_of[row]]
+            if needs_synthetic_samples(settings) and layers not in synthetic:
                 with torch.inference_mode():
-                    synthetic = run_quality.synthetic_tokens(extractor, tokens["train"], size,
-                                                             settings.SYNTHETIC_SAMPLES, settings.SEED)
-            outputs[row] = run_quality.row_outputs(tokens, synthetic, settings)
+                    synthetic[layers] = run_quality.synthetic_tokens(run_quality.extractor_for(extractor, layers),
+                                                                     tokens["train"], size, settings.SYNTHETIC_SAMPLES,
+                                                                     settings.SEED)
+            outputs[row] = run_quality.row_outputs(tokens, synthetic.get(layers), settings)
         a, b = outputs[first], outputs[second]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)

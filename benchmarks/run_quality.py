@@ -82,6 +82,9 @@ ROWS: dict[str, dict] = {
     "v1.1 --SCORING_PHASES=1": {"SCORING_PHASES": 1},
     # Also cropped right and down: twice the default's backbone passes per validation and test image.
     "v1.1 --SCORING_PHASES=4": {"SCORING_PHASES": 4},
+    # Every block from 5 to 9: the FEATURE_LAYERS candidate of benchmarks/layer_probe.py with the best mean among
+    # those without a measured loss on either shared dataset (docs/Feature_Layers.md); scored on its own tokens.
+    "v1.1 --FEATURE_LAYERS=5,6,7,8,9": {"FEATURE_LAYERS": [5, 6, 7, 8, 9]},
     # Clipped highlights count as fully as any patch: the default until 1.5.0.
     "v1.1 --DISCOUNT_SATURATED=false": {"DISCOUNT_SATURATED": False},
     # The whitening also spreads along the synthetic lighting and noise moves (heads trained, as the default).
@@ -104,6 +107,7 @@ ROWS: dict[str, dict] = {
 
 
 STRESS_ROWS = ("v1.1 (default)", "v1.1 --EPOCHS=0", "v1.1 --SCORING_PHASES=1", "v1.1 --SCORING_PHASES=4",
+               "v1.1 --FEATURE_LAYERS=5,6,7,8,9",
                "v1.1 --DISCOUNT_SATURATED=false", "v1.1 --KNN_NUISANCE_WEIGHT=1", "v1.1 --KNN_IMAGE_BANK_SIZE=0",
                "v1.1 --KNN_SHRINKAGE=1", "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0", "v1.1 --KNN_SHRINKAGE=1 --CENTRE_MAPS=false",
                "Gaussian (untrained heads)", "Gaussian (trained heads)")
@@ -213,9 +217,20 @@ def phases_needed(rows: Iterable[str]) -> int:
     return max(defaults.replace(**ROWS[row]).SCORING_PHASES for row in rows)
 
 
+def rows_by_layers(rows: Iterable[str]) -> dict[tuple[int, ...], list[str]]:
+    """``rows`` (``ROWS`` names) grouped by the ``FEATURE_LAYERS`` they encode with, in order of first use: each
+    group needs its own tokens."""
+    defaults = v11.default_config()
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for row in rows:
+        groups.setdefault(tuple(defaults.replace(**ROWS[row]).FEATURE_LAYERS), []).append(row)
+    return groups
+
+
 def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens, image_size: int, count: int,
                      seed: int) -> TrainingTokens:
-    """The synthetic samples' training tokens, made by the product's own code (as ``fit.Runner.fit_scale``); cached."""
+    """The synthetic samples' training tokens, made by the product's own code (as ``fit.Runner.fit_scale``); cached per
+    dataset, size, count, seed, recipe and the backbone and blocks that encoded ``train``."""
     import anomalyvfm.illumination as illumination_module
     import anomalyvfm.synthetic as synthetic_module
     import anomalyvfm.training as training_module
@@ -223,7 +238,9 @@ def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens
 
     recipe = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in
                                    (synthetic_module, illumination_module, training_module))).hexdigest()[:10]
-    key = f"{train.samples[0].category}-{image_size}-{len(train.samples)}-{count}-{seed}-{recipe}"
+    # The training images' CLS tokens stand for the backbone and FEATURE_LAYERS the samples are encoded with.
+    encoded_by = hashlib.sha1(train.cls.numpy().tobytes()).hexdigest()[:8]
+    key = f"{train.samples[0].category}-{image_size}-{len(train.samples)}-{count}-{seed}-{recipe}-{encoded_by}"
     file = token_cache.CACHE_DIR / f"synthetic-{key}.pt"
     if file.is_file():
         return TrainingTokens(**torch.load(file, weights_only=True))
@@ -380,14 +397,24 @@ def case_root(dataset: str) -> tuple[str, Path]:
     return category, (root if dataset == base else stressed_copy(base, category, root))
 
 
-def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int, phases: int = 1
-                ) -> dict[str, token_cache.SplitTokens]:
+def case_tokens(extractor: FeatureExtractor, backbone: str, dataset: str, size: int, phases: int = 1,
+                layers: Sequence[int] | None = None) -> dict[str, token_cache.SplitTokens]:
     """The cached tokens (``token_cache.pipeline_tokens``) of a ``parse_case`` dataset at ``size`` (``case_root``),
-    validation and test with ``phases`` scoring phases."""
+    validation and test with ``phases`` scoring phases, of the blocks ``layers`` (the default ``FEATURE_LAYERS``
+    when None; ``extractor`` reads the same, ``extractor_for``)."""
     category, root = case_root(dataset)
     defaults = v11.default_config()
-    return token_cache.pipeline_tokens(extractor, str(root), category, backbone, size, defaults.FEATURE_LAYERS,
+    return token_cache.pipeline_tokens(extractor, str(root), category, backbone, size,
+                                       defaults.FEATURE_LAYERS if layers is None else layers,
                                        batch_size=defaults.BATCH_SIZE, phases=phases)
+
+
+def extractor_for(extractor: FeatureExtractor | None, layers: Sequence[int]) -> FeatureExtractor | None:
+    """``extractor``'s backbone reading the blocks ``layers``: ``extractor`` itself when it already does, or when
+    it is None (every token cached)."""
+    if extractor is None or list(extractor.layers) == list(layers):
+        return extractor
+    return FeatureExtractor(extractor.backbone, layers)
 
 
 def datasets_under(root: Path) -> list[tuple[str, str, Path]]:
@@ -434,8 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown rows {unknown}; valid: {list(ROWS)}", file=sys.stderr)
         return 2
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
-    backbone = load_backbone(args.backbone)
-    extractor = FeatureExtractor(backbone, defaults.FEATURE_LAYERS)
+    default_extractor = FeatureExtractor(load_backbone(args.backbone), defaults.FEATURE_LAYERS)
     commit = code_commit()
     cases = []
     for dataset, category, data_root in datasets_under(args.datasets_root):
@@ -450,29 +476,31 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append((dataset + STRESS_SUFFIX, category, stressed_copy(dataset, category, data_root), stress_rows))
     results = []
     for dataset, category, data_root, rows in cases:
-        phases = phases_needed(rows)
         for size in (int(s) for s in args.image_sizes.split(",")):
-            tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size,
-                                                 defaults.FEATURE_LAYERS, batch_size=defaults.BATCH_SIZE, phases=phases)
-            masks = ground_truth_masks(tokens["test_public"])
-            synthetic = None
-            for row in rows:
-                settings = defaults.replace(IMAGE_SIZE=size, **ROWS[row])
-                if needs_synthetic_samples(settings) and synthetic is None:
-                    with torch.inference_mode():
-                        synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
-                                                     settings.SEED)
-                start = time.perf_counter()
-                result = evaluate_row(tokens, masks, synthetic, settings)
-                entry = {"dataset": dataset, "category": category, "image_size": size, "row": row,
-                         "settings": ROWS[row], "commit": commit, "metrics": result}
-                results.append(entry)
-                save(args.output, results, args.backbone, defaults, list(ROWS))
-                lighting = " ".join(f"{group} {fmt(values['au_pro_0.05'])}" for group, values in
-                                    result["by_lighting"].items()) if len(result["by_lighting"]) > 1 else ""
-                print(f"{dataset:20s} {size:4d} {row:28s} AUROC {fmt(result['image_auroc'])} "
-                      f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
-                      f"SegF1 {fmt(result['seg_f1'])} {lighting} ({time.perf_counter() - start:.0f} s)", flush=True)
+            masks = None
+            for layers, layer_rows in rows_by_layers(rows).items():
+                extractor = extractor_for(default_extractor, layers)
+                tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size, list(layers),
+                                                     batch_size=defaults.BATCH_SIZE, phases=phases_needed(layer_rows))
+                masks = ground_truth_masks(tokens["test_public"]) if masks is None else masks
+                synthetic = None
+                for row in layer_rows:
+                    settings = defaults.replace(IMAGE_SIZE=size, **ROWS[row])
+                    if needs_synthetic_samples(settings) and synthetic is None:
+                        with torch.inference_mode():
+                            synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
+                                                         settings.SEED)
+                    start = time.perf_counter()
+                    result = evaluate_row(tokens, masks, synthetic, settings)
+                    entry = {"dataset": dataset, "category": category, "image_size": size, "row": row,
+                             "settings": ROWS[row], "commit": commit, "metrics": result}
+                    results.append(entry)
+                    save(args.output, results, args.backbone, defaults, list(ROWS))
+                    lighting = " ".join(f"{group} {fmt(values['au_pro_0.05'])}" for group, values in
+                                        result["by_lighting"].items()) if len(result["by_lighting"]) > 1 else ""
+                    print(f"{dataset:20s} {size:4d} {row:28s} AUROC {fmt(result['image_auroc'])} "
+                          f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
+                          f"SegF1 {fmt(result['seg_f1'])} {lighting} ({time.perf_counter() - start:.0f} s)", flush=True)
     print(render_tables.quality_datasets(save(args.output, results, args.backbone, defaults, list(ROWS))))
     return 0
 

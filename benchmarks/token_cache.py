@@ -80,22 +80,15 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
 
     ``extractor`` (an ``anomalyvfm.backbone.FeatureExtractor``) is only used for splits not cached yet.
     """
-    import anomalyvfm.illumination as illumination_module
     from anomalyvfm.illumination import IlluminationRange
     from anomalyvfm.scoring import phase_shifts
 
     data = dataset_ad2.load_category(data_root, category)
-    backbone_id = Path(backbone_name).resolve() if Path(backbone_name).exists() else backbone_name
-    illumination_recipe = hashlib.sha1(Path(illumination_module.__file__).read_bytes()).hexdigest()[:10]
     out: dict[str, SplitTokens] = {}
     illumination = None
     for split in SPLITS:
         samples = data.split(split)
-        folder = Path(samples[0].path).parent.resolve() if samples else split
-        # Validation and test tokens depend on the training range and the projection's code too.
-        depends = "" if split == "train" else f"{illumination_recipe}|{_tensor_digest(illumination.state())}"
-        key = _digest(folder, backbone_id, image_size, list(layers), depends, FORMAT)
-        file = CACHE_DIR / f"{category}-{image_size}-{split}-{key}.pt"
+        file, key = _split_file(category, image_size, split, samples, backbone_name, layers, illumination)
         tokens = _load(file, samples)
         if tokens is None:
             start = time.perf_counter()
@@ -120,6 +113,79 @@ def pipeline_tokens(extractor, data_root: str, category: str, backbone_name: str
                                  for shift in phase_shifts(phases, patch_size)[1:]]
         out[split] = tokens
     return out
+
+
+def cache_layer_sets(backbone, data_root: str, category: str, backbone_name: str, image_size: int,
+                     layer_sets: Sequence[Sequence[int]], *, batch_size: int = 8, log=print) -> None:
+    """Cache train, validation and test_public tokens (one scoring phase) for each of ``layer_sets`` (candidate
+    ``FEATURE_LAYERS``) not cached yet, as ``pipeline_tokens(layers=...)`` then reads them: one backbone pass per
+    split over the union of their blocks (``LayerSetsExtractor``), each set the mean of its blocks' tokens."""
+    from anomalyvfm.illumination import IlluminationRange
+
+    data = dataset_ad2.load_category(data_root, category)
+    illumination = None
+    for split in SPLITS:
+        samples = data.split(split)
+        files = [_split_file(category, image_size, split, samples, backbone_name, layers, illumination)[0]
+                 for layers in layer_sets]
+        missing = [index for index, file in enumerate(files) if _load(file, samples) is None]
+        if missing:
+            start = time.perf_counter()
+            extractor = LayerSetsExtractor(backbone, [layer_sets[index] for index in missing])
+            together = _compute(extractor, samples, image_size, illumination, batch_size)
+            for position, index in enumerate(missing):
+                _save(files[index], extractor.layer_set(together, position))
+            log(f"cached {category} {split} @{image_size} for {len(missing)} layer sets: {len(samples)} images in "
+                f"{time.perf_counter() - start:.0f} s")
+        if split == "train":  # the light statistics do not depend on the blocks
+            train = _load(files[0], samples)
+            illumination = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields)
+
+
+class LayerSetsExtractor:
+    """A ``FeatureExtractor`` for several layer sets at once: the union of their blocks runs once, and each
+    set's CLS and patch tokens (the mean of its blocks, as ``FeatureExtractor``) lie side by side along the
+    channels (``dim`` is the sets' count times the backbone's); ``layer_set`` takes one set's back out."""
+
+    def __init__(self, backbone, layer_sets: Sequence[Sequence[int]]) -> None:
+        from anomalyvfm.backbone import FeatureExtractor
+
+        self.layer_sets = [list(layers) for layers in layer_sets]
+        self.blocks = FeatureExtractor(backbone, sorted({block for layers in layer_sets for block in layers}))
+        self.patch_size = self.blocks.patch_size
+        self.dim = self.blocks.dim * len(layer_sets)
+
+    def __call__(self, pixel_values: torch.Tensor):
+        from anomalyvfm.backbone import Features
+
+        chosen = self.blocks.block_tokens(pixel_values)
+        means = [torch.stack([chosen[block] for block in layers]).mean(0).float() for layers in self.layer_sets]
+        cls, patches = self.blocks.split_tokens(torch.cat(means, dim=-1), pixel_values.shape[-2:])
+        return Features(cls=cls, patches=patches)
+
+    def layer_set(self, tokens: SplitTokens, index: int) -> SplitTokens:
+        """The ``index``-th set's own ``SplitTokens`` out of ``tokens`` computed with this extractor."""
+        part = slice(index * self.blocks.dim, (index + 1) * self.blocks.dim)
+        return SplitTokens(tokens.samples, tokens.cls[:, part].contiguous(),
+                           [grid[..., part].contiguous() for grid in tokens.patches], tokens.channel_mean,
+                           tokens.channel_std, tokens.light_fields, tokens.original_sizes, tokens.input_sizes,
+                           tokens.saturated)
+
+
+def _split_file(category: str, image_size: int, split: str, samples: list[dataset_ad2.Sample], backbone_name: str,
+                layers: Sequence[int], illumination) -> tuple[Path, str]:
+    """The cache file of a split and its key. Validation and test tokens depend on the training images'
+    illumination range (``illumination``, None for train) and the projection's code too."""
+    import anomalyvfm.illumination as illumination_module
+
+    backbone_id = Path(backbone_name).resolve() if Path(backbone_name).exists() else backbone_name
+    folder = Path(samples[0].path).parent.resolve() if samples else split
+    depends = ""
+    if illumination is not None:
+        recipe = hashlib.sha1(Path(illumination_module.__file__).read_bytes()).hexdigest()[:10]
+        depends = f"{recipe}|{_tensor_digest(illumination.state())}"
+    key = _digest(folder, backbone_id, image_size, list(layers), depends, FORMAT)
+    return CACHE_DIR / f"{category}-{image_size}-{split}-{key}.pt", key
 
 
 def _phase_tokens(extractor, tokens: SplitTokens, category: str, image_size: int, split: str, key: str,

@@ -185,3 +185,28 @@ def test_paired_rows_table_over_seeds_shows_each_seed():
     assert "| tire_ad2@448 | 112 | 0.7800 | 0.7760 | +0.0040 [-0.0030, +0.0112] | +0.0020 / +0.0060 | 0.7400 |" \
         in "\n".join(lines)
     assert lines[-1] == "| mean | | | | +0.0040 [-0.0010, +0.0090] | +0.0060 / +0.0020 | | | +0.0080 [-0.0100, +0.0250] |"
+
+
+def test_a_row_that_sets_feature_layers_is_scored_on_its_own_blocks_tokens(monkeypatch):
+    synthetic_seeds = []
+    _fake_case(monkeypatch, synthetic_seeds)
+    monkeypatch.setattr(compare_rows, "RESAMPLES", 20)
+    fetched, scored = [], []
+    own = {}
+
+    def case_tokens(extractor, backbone, dataset, size, phases, layers):
+        fetched.append(tuple(layers))
+        return own.setdefault(tuple(layers), {"test_public": test_split, "train": tuple(layers)})
+
+    test_split = compare_rows.run_quality.case_tokens()["test_public"]  # the fake's generated test split
+    real_outputs = compare_rows.run_quality.row_outputs
+    monkeypatch.setattr(compare_rows.run_quality, "case_tokens", case_tokens)
+    monkeypatch.setattr(compare_rows.run_quality, "row_outputs",
+                        lambda tokens, synthetic, settings: scored.append(tokens["train"]) or real_outputs(
+                            tokens, synthetic, settings))
+    compare_rows.compare_case(None, "b", "generated@224", "v1.1 (default)", "v1.1 --FEATURE_LAYERS=5,6,7,8,9",
+                              seeds=[0])
+    default = tuple(compare_rows.v11.default_config().FEATURE_LAYERS)
+    assert fetched == [default, (5, 6, 7, 8, 9)]
+    assert scored == [default, (5, 6, 7, 8, 9)]
+    assert synthetic_seeds == [0, 0]  # each set of blocks encodes its own synthetic samples

@@ -1,6 +1,6 @@
 """The probes' shared case parsing (benchmarks/run_quality.parse_case), the quality benchmark's pooled image
 AUROC gap, the pooling probe's grid, the blur probe's per-lighting AU-PRO, the image score probe's variants,
-and the discriminator probe's training."""
+the discriminator probe's training and the layer probe's rows."""
 
 import sys
 from pathlib import Path
@@ -15,6 +15,9 @@ from run_quality import parse_case, pooled_auroc_gap  # noqa: E402
 from image_score_probe import VARIANTS, gap_table, variant_aurocs, top_percent_mean  # noqa: E402
 import scale_probe  # noqa: E402
 import discriminator_probe  # noqa: E402
+import layer_probe  # noqa: E402
+import run_quality  # noqa: E402
+import token_cache  # noqa: E402
 from scale_probe import (au_pro_by_group, defect_offset_share, joined, mirrored_copy, pooled_grid,  # noqa: E402
                          position_offsets, split_half_r)
 import dataset_ad2  # noqa: E402
@@ -186,3 +189,49 @@ def test_discriminator_logits_are_higher_for_the_anomalies_it_was_trained_on(mon
     labels = np.r_[np.zeros(1000), np.ones(1000)]
     assert metrics.image_auroc(scores, labels) > 0.9
     assert far.mean() > near.mean()
+
+
+def test_layer_sets_parse_and_bad_ones_are_named():
+    assert layer_probe.parse_layer_sets("6,8,10;4") == [[6, 8, 10], [4]]
+    for bad in ("6,x", "0,2", "6;;8"):
+        with pytest.raises(ValueError, match="--layer-sets"):
+            layer_probe.parse_layer_sets(bad)
+
+
+def test_layer_rows_score_each_sets_own_tokens_against_the_first(tmp_path, monkeypatch, make_ad2_category,
+                                                                 tiny_backbone):
+    monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
+    root = make_ad2_category(train=4, validation=2, test_good=2, test_bad=3, size=(28, 42))
+    sets = [[1, 2], [1]]
+    token_cache.cache_layer_sets(tiny_backbone, str(root), "widget", "tiny", 28, sets, log=lambda _: None)
+    load = lambda layers: token_cache.pipeline_tokens(None, str(root), "widget", "tiny", 28, layers,
+                                                      log=lambda _: None)
+    reported = []
+    rows = layer_probe.layer_rows(load, 28, sets, lambda layers, row: reported.append(layers))
+    assert reported == [(1, 2), (1,)] and "difference" not in rows[(1, 2)]
+    # Each row is the quality benchmark's untrained one-phase row on that set's tokens.
+    settings = layer_probe.v11.default_config().replace(IMAGE_SIZE=28, EPOCHS=0, SCORING_PHASES=1)
+    for layers in sets:
+        tokens = load(layers)
+        expected = run_quality.evaluate_row(tokens, run_quality.ground_truth_masks(tokens["test_public"]), None,
+                                            settings.replace(FEATURE_LAYERS=layers))
+        assert rows[tuple(layers)]["au_pro_0.05"] == pytest.approx(expected["au_pro_0.05"])
+        assert rows[tuple(layers)]["image_auroc"] == pytest.approx(expected["image_auroc"])
+    assert rows[(1,)]["difference"]["difference"] == pytest.approx(rows[(1,)]["au_pro_0.05"] - rows[(1, 2)]["au_pro_0.05"])
+
+
+def test_rows_that_set_feature_layers_are_grouped_apart_for_their_own_tokens():
+    groups = run_quality.rows_by_layers(["v1.1 (default)", "v1.1 --FEATURE_LAYERS=5,6,7,8,9", "v1.1 --EPOCHS=0"])
+    default = tuple(layer_probe.v11.default_config().FEATURE_LAYERS)
+    assert groups == {default: ["v1.1 (default)", "v1.1 --EPOCHS=0"],
+                      (5, 6, 7, 8, 9): ["v1.1 --FEATURE_LAYERS=5,6,7,8,9"]}
+
+
+def test_extractor_for_reuses_an_extractor_of_the_same_blocks(tiny_backbone):
+    from anomalyvfm.backbone import FeatureExtractor
+
+    extractor = FeatureExtractor(tiny_backbone, [1, 2])
+    assert run_quality.extractor_for(extractor, [1, 2]) is extractor
+    assert run_quality.extractor_for(None, [2]) is None
+    other = run_quality.extractor_for(extractor, [2])
+    assert other.layers == [2] and other.backbone is tiny_backbone

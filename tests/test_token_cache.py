@@ -71,3 +71,28 @@ def test_a_split_cached_before_light_fields_or_saturation_were_kept_gets_them_wi
     torch.testing.assert_close(again["train"].light_fields, first["train"].light_fields)
     assert all(torch.equal(a, b) for a, b in zip(again["train"].saturated, first["train"].saturated))
     assert missing in torch.load(train_file, weights_only=True)  # kept for the next call
+
+
+def test_layer_sets_cached_in_one_pass_equal_each_sets_own_extractor(tmp_path, monkeypatch, make_ad2_category,
+                                                                     tiny_backbone):
+    monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
+    root = make_ad2_category(train=3, validation=2, test_good=1, test_bad=1, size=(28, 42))
+    logged = []
+    token_cache.cache_layer_sets(tiny_backbone, str(root), "widget", "tiny", 28, [[1, 2], [2]], log=logged.append)
+    assert sum("for 2 layer sets" in line for line in logged) == 3  # one backbone pass per split
+    for layers in ([1, 2], [2]):
+        cached = token_cache.pipeline_tokens(None, str(root), "widget", "tiny", 28, layers,  # read, not computed
+                                             log=lambda line: None)
+        extractor = FeatureExtractor(tiny_backbone, layers)
+        for split, tokens in cached.items():
+            for index, sample in enumerate(tokens.samples):
+                image = to_input(dataset_ad2.load_image(sample.path), tokens.input_sizes[index])[None]
+                if split != "train":
+                    train = cached["train"]
+                    image = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields).apply(image)
+                features = extractor(normalize(image))
+                torch.testing.assert_close(tokens.patches[index], features.patches[0].half(), atol=2e-3, rtol=0)
+                torch.testing.assert_close(tokens.cls[index], features.cls[0], atol=1e-4, rtol=0)
+    logged.clear()
+    token_cache.cache_layer_sets(tiny_backbone, str(root), "widget", "tiny", 28, [[1, 2], [2]], log=logged.append)
+    assert logged == []  # everything cached: no pass
