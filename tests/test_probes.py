@@ -235,3 +235,11 @@ def test_extractor_for_reuses_an_extractor_of_the_same_blocks(tiny_backbone):
     assert run_quality.extractor_for(None, [2]) is None
     other = run_quality.extractor_for(extractor, [2])
     assert other.layers == [2] and other.backbone is tiny_backbone
+
+
+def test_rows_option_reads_row_names_that_hold_commas():
+    assert run_quality.parse_rows("v1.1 (default), v1.1 --FEATURE_LAYERS=5,6,7,8,9,v1.1 --EPOCHS=0,") == [
+        "v1.1 (default)", "v1.1 --FEATURE_LAYERS=5,6,7,8,9", "v1.1 --EPOCHS=0"]
+    assert run_quality.parse_rows("") == []
+    with pytest.raises(ValueError, match="unknown row 'v1.1 --FEATURE_LAYERS=5'"):
+        run_quality.parse_rows("v1.1 --FEATURE_LAYERS=5,6")
