@@ -67,7 +67,8 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str, s
     defaults = v11.default_config().replace(IMAGE_SIZE=size)
     # A row that sets FEATURE_LAYERS is scored on its own blocks' tokens.
     groups = run_quality.rows_by_layers((first, second))
-    tokens_of = {layers: run_quality.case_tokens(run_quality.extractor_for(extractor, layers), backbone, dataset, size,
+    extractors = {layers: run_quality.extractor_for(extractor, layers) for layers in groups}
+    tokens_of = {layers: run_quality.case_tokens(extractors[layers], backbone, dataset, size,
                                                  run_quality.phases_needed(rows), list(layers))
                  for layers, rows in groups.items()}
     layers_of = {row: layers for layers, rows in groups.items() for row in rows}
@@ -83,9 +84,8 @@ def compare_case(extractor, backbone: str, case: str, first: str, second: str, s
             layers, tokens = layers_of[row], tokens_of[layers_of[row]]
             if needs_synthetic_samples(settings) and layers not in synthetic:
                 with torch.inference_mode():
-                    synthetic[layers] = run_quality.synthetic_tokens(run_quality.extractor_for(extractor, layers),
-                                                                     tokens["train"], size, settings.SYNTHETIC_SAMPLES,
-                                                                     settings.SEED)
+                    synthetic[layers] = run_quality.synthetic_tokens(extractors[layers], tokens["train"], size,
+                                                                     settings.SYNTHETIC_SAMPLES, settings.SEED)
             outputs[row] = run_quality.row_outputs(tokens, synthetic.get(layers), settings)
         a, b = outputs[first], outputs[second]
         with warnings.catch_warnings():

@@ -4,16 +4,16 @@
     python benchmarks/layer_probe.py --layer-sets="6,8,10;3,5,7;4,6" tire_ad2@448 magtile_ad2@448
 
 The seed's ``[6, 8, 10]`` was chosen on one dataset at IMAGE_SIZE 224 with the Gaussian scorer of the time.
-This probe scores every candidate of ``--layer-sets`` (``LAYER_SETS`` by default; the first is the reference) with today's default scorer (coreset kNN, whitened, maps
-centred on their median, peak image score) on each case. Tokens: one backbone pass per split computes every
+This probe scores every candidate of ``--layer-sets`` (``LAYER_SETS`` by default; the first is the reference)
+with today's default scorer (coreset kNN, whitened, maps centred on their median, peak image score) on each case. Tokens: one backbone pass per split computes every
 candidate not cached yet (``token_cache.cache_layer_sets``: the union of their blocks runs once), cached as the
 quality benchmark caches the default's. Every row has untrained heads (``--EPOCHS=0``: trained heads would need
 the synthetic samples encoded again for each candidate, and training moves AU-PRO@0.05 by about 0.002 at 448,
 docs/Training_Objective.md) and one scoring phase (``--SCORING_PHASES=1``: a second would double the passes),
-so each candidate is compared with the default blocks in the same row.
+so each candidate is compared with the reference in the same row.
 
 Printed per case and candidate: image AUROC, AU-PRO@0.05 and @0.30, SegF1 at validation mean + 3 std, and
-AU-PRO@0.05 minus the default blocks' with its 95 % scene-bootstrap interval; then the mean over the cases.
+AU-PRO@0.05 minus the reference's with its 95 % scene-bootstrap interval; then the mean over the cases.
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ def cache_layer_sets(backbone, data_root: str, category: str, backbone_name: str
         files = [_split_file(category, image_size, split, samples, backbone_name, layers, illumination)[0]
                  for layers in layer_sets]
         missing = [index for index, file in enumerate(files) if _load(file, samples) is None]
+        together = None
         if missing:
             start = time.perf_counter()
             extractor = LayerSetsExtractor(backbone, [layer_sets[index] for index in missing])
@@ -137,8 +138,8 @@ def cache_layer_sets(backbone, data_root: str, category: str, backbone_name: str
                 _save(files[index], extractor.layer_set(together, position))
             log(f"cached {category} {split} @{image_size} for {len(missing)} layer sets: {len(samples)} images in "
                 f"{time.perf_counter() - start:.0f} s")
-        if split == "train":  # the light statistics do not depend on the blocks
-            train = _load(files[0], samples)
+        if split == "train":  # the light statistics do not depend on the blocks: any set's, read once
+            train = together if together is not None else _load(files[0], samples)
             illumination = IlluminationRange.of(train.channel_mean, train.channel_std, train.light_fields)
 
 
