@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from anomalyvfm.fit import Runner
 
 CALIBRATION_PAIRS = 30  # (lighting variant, synthetic defect) pairs, made from the validation images in turn
+NORMAL_QUANTILE = 0.999  # the quantile rules' level: one normal pixel in a thousand reaches their threshold
+QUANTILE_REGULAR = f"q{100 * NORMAL_QUANTILE:g} regular"
+QUANTILE_LIGHTING = f"q{100 * NORMAL_QUANTILE:g} with lighting"
 # candidate_thresholds rules the product uses; benchmarks/threshold_rules.py compares them all
 PIXEL_RULE = "midpoint(F1 synthetic, mean+3σ with lighting)"
 IMAGE_RULE = "min(F1 synthetic, mean+3σ with lighting)"
@@ -103,10 +106,14 @@ def candidate_thresholds(calibration: CalibrationSet) -> tuple[dict[str, float],
     regular = list(range(calibration.count))
     pixel = {"mean+3σ regular": metrics.mean_plus_k_std([calibration.maps[i] for i in regular]),
              "F1 synthetic": metrics.f1_optimal_threshold(calibration.maps, calibration.masks)[1],
-             "mean+3σ with lighting": metrics.mean_plus_k_std([calibration.maps[i] for i in normal])}
+             "mean+3σ with lighting": metrics.mean_plus_k_std([calibration.maps[i] for i in normal]),
+             QUANTILE_REGULAR: metrics.quantile_threshold([calibration.maps[i] for i in regular], NORMAL_QUANTILE),
+             QUANTILE_LIGHTING: metrics.quantile_threshold([calibration.maps[i] for i in normal], NORMAL_QUANTILE)}
     image = {"mean+3σ regular": metrics.mean_plus_k_std(calibration.scores[regular]),
              "F1 synthetic": metrics.f1_max(calibration.scores, calibration.labels)[1],
-             "mean+3σ with lighting": metrics.mean_plus_k_std(calibration.scores[normal])}
+             "mean+3σ with lighting": metrics.mean_plus_k_std(calibration.scores[normal]),
+             QUANTILE_REGULAR: metrics.quantile_threshold(calibration.scores[regular], NORMAL_QUANTILE),
+             QUANTILE_LIGHTING: metrics.quantile_threshold(calibration.scores[normal], NORMAL_QUANTILE)}
     for rules in (pixel, image):
         pair = (rules["F1 synthetic"], rules["mean+3σ with lighting"])
         rules["min(F1 synthetic, mean+3σ with lighting)"] = min(pair)

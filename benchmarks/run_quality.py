@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -456,6 +456,42 @@ def mean_rows(results: list[dict]) -> list[dict]:
             for (lighting, size, row), group in groups.items()]
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``--image-sizes`` ("224,448") as integers, each a positive multiple of the patch size 14."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if not part.isdigit() or int(part) == 0 or int(part) % 14:
+            raise ValueError(f"--image-sizes: {part!r} is not a positive multiple of 14 (e.g. --image-sizes=224,448)")
+        sizes.append(int(part))
+    if not sizes:
+        raise ValueError("--image-sizes is empty; give one or more sizes, e.g. --image-sizes=448")
+    return sizes
+
+
+def measure_case(default_extractor: FeatureExtractor, backbone: str, category: str, data_root: Path, size: int,
+                 rows: Sequence[str], defaults) -> Iterator[tuple[str, dict, float]]:
+    """Each of ``rows`` on one category at one size, as it finishes: ``(row, evaluate_row's metrics, seconds)``.
+
+    The backbone's tokens come from the cache (one pass per blocks, split and size); rows that set FEATURE_LAYERS
+    are scored on their own blocks' tokens and synthetic samples (``rows_by_layers``). Masks are decoded once."""
+    masks = None
+    for layers, layer_rows in rows_by_layers(rows).items():
+        extractor = extractor_for(default_extractor, layers)
+        tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, backbone, size, list(layers),
+                                             batch_size=defaults.BATCH_SIZE, phases=phases_needed(layer_rows))
+        masks = ground_truth_masks(tokens["test_public"]) if masks is None else masks
+        synthetic = None
+        for row in layer_rows:
+            settings = defaults.replace(IMAGE_SIZE=size, **ROWS[row])
+            if needs_synthetic_samples(settings) and synthetic is None:
+                with torch.inference_mode():
+                    synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
+                                                 settings.SEED)
+            start = time.perf_counter()
+            result = evaluate_row(tokens, masks, synthetic, settings)
+            yield row, result, time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets-root", type=Path, default=SHARED / "datasets")
@@ -474,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = v11.default_config()
     try:
         chosen_rows = parse_rows(args.rows) or list(ROWS)
+        sizes = parse_sizes(args.image_sizes)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -493,31 +530,17 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append((dataset + STRESS_SUFFIX, category, stressed_copy(dataset, category, data_root), stress_rows))
     results = []
     for dataset, category, data_root, rows in cases:
-        for size in (int(s) for s in args.image_sizes.split(",")):
-            masks = None
-            for layers, layer_rows in rows_by_layers(rows).items():
-                extractor = extractor_for(default_extractor, layers)
-                tokens = token_cache.pipeline_tokens(extractor, str(data_root), category, args.backbone, size, list(layers),
-                                                     batch_size=defaults.BATCH_SIZE, phases=phases_needed(layer_rows))
-                masks = ground_truth_masks(tokens["test_public"]) if masks is None else masks
-                synthetic = None
-                for row in layer_rows:
-                    settings = defaults.replace(IMAGE_SIZE=size, **ROWS[row])
-                    if needs_synthetic_samples(settings) and synthetic is None:
-                        with torch.inference_mode():
-                            synthetic = synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
-                                                         settings.SEED)
-                    start = time.perf_counter()
-                    result = evaluate_row(tokens, masks, synthetic, settings)
-                    entry = {"dataset": dataset, "category": category, "image_size": size, "row": row,
-                             "settings": ROWS[row], "commit": commit, "metrics": result}
-                    results.append(entry)
-                    save(args.output, results, args.backbone, defaults, list(ROWS))
-                    lighting = " ".join(f"{group} {fmt(values['au_pro_0.05'])}" for group, values in
-                                        result["by_lighting"].items()) if len(result["by_lighting"]) > 1 else ""
-                    print(f"{dataset:20s} {size:4d} {row:28s} AUROC {fmt(result['image_auroc'])} "
-                          f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
-                          f"SegF1 {fmt(result['seg_f1'])} {lighting} ({time.perf_counter() - start:.0f} s)", flush=True)
+        for size in sizes:
+            for row, result, seconds in measure_case(default_extractor, args.backbone, category, data_root, size, rows,
+                                                     defaults):
+                results.append({"dataset": dataset, "category": category, "image_size": size, "row": row,
+                                "settings": ROWS[row], "commit": commit, "metrics": result})
+                save(args.output, results, args.backbone, defaults, list(ROWS))
+                lighting = " ".join(f"{group} {fmt(values['au_pro_0.05'])}" for group, values in
+                                    result["by_lighting"].items()) if len(result["by_lighting"]) > 1 else ""
+                print(f"{dataset:20s} {size:4d} {row:28s} AUROC {fmt(result['image_auroc'])} "
+                      f"AU-PRO@0.05 {fmt(result['au_pro_0.05'])} @0.30 {fmt(result['au_pro_0.30'])} "
+                      f"SegF1 {fmt(result['seg_f1'])} {lighting} ({seconds:.0f} s)", flush=True)
     print(render_tables.quality_datasets(save(args.output, results, args.backbone, defaults, list(ROWS))))
     return 0
 

@@ -16,7 +16,9 @@ Candidates (pixel and image alike):
 - ``F1 synthetic``: the value maximising F1 over the whole calibration set;
 - ``mean+3σ with lighting``: the baseline rule over the validation images and their
   defect-free lighting variants;
-- ``min(F1 synthetic, mean+3σ with lighting)`` and ``midpoint(...)``, their mean.
+- ``min(F1 synthetic, mean+3σ with lighting)`` and ``midpoint(...)``, their mean;
+- ``q99.9 regular`` and ``q99.9 with lighting``: the 99.9th percentile of the normal maps' pixels (of the
+  normal images' scores), so one normal pixel in a thousand reaches it (``calibration.NORMAL_QUANTILE``).
 
 A last row gives the best SegF1 and ClassF1 any threshold reaches on the test data itself
 (pixels: over ``BEST_BINS`` bins): what no rule can exceed, chosen on test, so a reference only.

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from anomalyvfm import metrics
-from anomalyvfm.calibration import (CALIBRATION_PAIRS, IMAGE_RULE, PIXEL_RULE, calibrate_thresholds, calibration_set,
-                                   candidate_thresholds)
+from anomalyvfm.calibration import (CALIBRATION_PAIRS, IMAGE_RULE, PIXEL_RULE, QUANTILE_LIGHTING, QUANTILE_REGULAR,
+                                   calibrate_thresholds, calibration_set, candidate_thresholds)
 from anomalyvfm.method import Method
 from anomalyvfm.model import RawScores, ScaleModel, full_size_map
 from anomalyvfm.scoring import ScoreFusion
@@ -97,6 +97,11 @@ def test_candidate_rules_and_the_product_rule_on_a_constructed_calibration_set()
     assert pixel["mean+3σ regular"] == pytest.approx(metrics.mean_plus_k_std(maps[:6]))
     assert pixel["mean+3σ with lighting"] == pytest.approx(metrics.mean_plus_k_std([maps[i] for i in normal]))
     assert image["mean+3σ with lighting"] == pytest.approx(metrics.mean_plus_k_std(scores[normal]))
+    # The quantile rules: one normal pixel (image) in a thousand at or above them.
+    normal_pixels = np.concatenate([maps[i].ravel() for i in normal])
+    assert pixel[QUANTILE_LIGHTING] == pytest.approx(float(np.quantile(normal_pixels, 0.999)))
+    assert pixel[QUANTILE_REGULAR] == pytest.approx(float(np.quantile(np.concatenate([m.ravel() for m in maps[:6]]), 0.999)))
+    assert image[QUANTILE_LIGHTING] == pytest.approx(float(np.quantile(scores[normal], 0.999)))
     for rules in (pixel, image):
         pair = (rules["F1 synthetic"], rules["mean+3σ with lighting"])
         assert rules["min(F1 synthetic, mean+3σ with lighting)"] == min(pair)

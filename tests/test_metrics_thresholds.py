@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from anomalyvfm.metrics import UndefinedMetricWarning, f1_optimal_threshold, mean_plus_k_std, seg_f1
+from anomalyvfm.metrics import (UndefinedMetricWarning, f1_optimal_threshold, mean_plus_k_std, quantile_threshold,
+                                seg_f1)
 from tests.reference_metrics import reference_f1_optimal_threshold
 
 
@@ -32,6 +33,39 @@ def test_nan_raises():
         mean_plus_k_std([1.0, np.nan])
     with pytest.raises(ValueError, match="anomaly map 1 contains NaN"):
         mean_plus_k_std([np.zeros((2, 2)), np.full((2, 2), np.nan)])
+
+
+# -- quantile_threshold ---------------------------------------------------------------------------------
+def test_quantile_threshold_by_hand():
+    # Values 0..10: the 0.9-quantile is 9; at 0.95 it lies halfway between 9 and 10 (linear).
+    values = np.arange(11.0)
+    assert quantile_threshold(values, 0.9) == pytest.approx(9.0)
+    assert quantile_threshold(values, 0.95) == pytest.approx(9.5)
+    assert quantile_threshold(values, 1.0) == 10.0 and quantile_threshold(values, 0.0) == 0.0
+
+
+def test_quantile_threshold_of_maps_flags_the_chosen_share_of_normal_pixels(tmp_path):
+    rng = np.random.default_rng(1)
+    maps = [rng.gamma(2.0, size=shape).astype(np.float32) for shape in [(100, 120), (80, 64), (9, 7)]]
+    threshold = quantile_threshold(maps, 0.999)
+    values = np.concatenate([m.ravel() for m in maps])
+    assert threshold == pytest.approx(float(np.quantile(values, 0.999)))
+    flagged = np.count_nonzero(values >= threshold) / values.size
+    assert abs(flagged - 0.001) <= 1 / values.size  # one normal pixel in a thousand, to one pixel
+    np.save(tmp_path / "a.npy", maps[0])
+    tifffile.imwrite(tmp_path / "b.tiff", maps[1])
+    assert quantile_threshold([tmp_path / "a.npy", str(tmp_path / "b.tiff"), maps[2]], 0.999) == threshold
+
+
+def test_quantile_threshold_bad_input():
+    with pytest.raises(ValueError, match=r"q must lie in \[0, 1\], got 99.9"):
+        quantile_threshold([1.0, 2.0], 99.9)
+    with pytest.raises(ValueError, match="value 1 is nan"):
+        quantile_threshold([1.0, np.nan])
+    with pytest.raises(ValueError, match="anomaly map 1 contains NaN"):
+        quantile_threshold([np.zeros((2, 2)), np.full((2, 2), np.nan)])
+    with pytest.warns(UndefinedMetricWarning, match="no values"):
+        assert np.isnan(quantile_threshold(np.array([])))
 
 
 # -- f1_optimal_threshold ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The quality benchmark replays cached tokens through the product's code: its maps must be a run's maps."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -75,3 +76,33 @@ def test_phase_tokens_are_the_cropped_inputs_through_the_runs_illumination_step(
     settings = script.default_config().replace(IMAGE_SIZE=56, SCORING_PHASES=4)
     with pytest.raises(ValueError, match="SCORING_PHASES 4 needs tokens cached with phases=4; these have 2"):
         run_quality.phase_grids(None, None, two["test_public"], False, settings.SCORING_PHASES)
+
+
+def test_main_writes_one_row_per_dataset_size_and_row_and_keeps_earlier_rows(make_ad2_category, tmp_path, monkeypatch,
+                                                                              capsys):
+    from tests.conftest import make_tiny_dinov2
+
+    monkeypatch.setattr(token_cache, "CACHE_DIR", tmp_path / "cache")
+    backbone = tmp_path / "tiny-dinov2"
+    make_tiny_dinov2(10).save_pretrained(backbone)  # the default FEATURE_LAYERS reach block 10
+    root = make_ad2_category(nested=True, train=4, validation=2, test_good=2, test_bad=3, size=(28, 42))
+    output = tmp_path / "quality.json"
+    common = [f"--datasets-root={root}", "--image-sizes=28", f"--backbone={backbone}", f"--output={output}",
+              "--no-lighting-stress"]
+    assert run_quality.main(common + ["--rows=kNN full bank"]) == 0
+    assert run_quality.main(common + ["--rows=v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0,Gaussian (untrained heads)"]) == 0
+    report = json.loads(output.read_text())
+    rows = [(e["dataset"], e["image_size"], e["row"]) for e in report["results"]]
+    # The first run's row is kept; rows come in ROWS order.
+    assert rows == [("widget", 28, "v1.1 --KNN_SHRINKAGE=1 --EPOCHS=0"), ("widget", 28, "kNN full bank"),
+                    ("widget", 28, "Gaussian (untrained heads)")]
+    assert all(0.0 <= e["metrics"]["au_pro_0.05"] <= 1.0 for e in report["results"])
+    assert output.with_suffix(".md").is_file() and "kNN full bank" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argument, message", [("--image-sizes=30", "not a positive multiple of 14"),
+                                               ("--image-sizes=", "--image-sizes is empty"),
+                                               ("--rows=no such row", "unknown")])
+def test_main_rejects_bad_options_before_loading_the_backbone(argument, message, tmp_path, capsys):
+    assert run_quality.main([f"--datasets-root={tmp_path}", "--backbone=/nonexistent", argument]) == 2
+    assert message in capsys.readouterr().err

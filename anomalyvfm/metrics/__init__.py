@@ -19,6 +19,8 @@
   maps binarised at ``threshold`` (officially mean + 3 std of the validation maps).
 - ``mean_plus_k_std(values_or_maps, k=3.0)``: mean + k * population std over all values of an
   array or of a sequence of maps (streamed); the threshold of ClassF1 and SegF1.
+- ``quantile_threshold(values_or_maps, q=0.999)``: the q-quantile of all values: on defect-free maps, a
+  pixel threshold at false-positive rate 1 - q.
 - ``f1_optimal_threshold(maps, masks, *, num_bins=None)``: the pixel threshold maximising SegF1's
   pooled pixel F1 on maps with defects, and that F1: ``(f1, threshold)``; exact, or streaming
   over files with ``num_bins``.
@@ -46,10 +48,10 @@ from anomalyvfm.metrics.bootstrap import auroc_difference_interval, paired_au_pr
 from anomalyvfm.metrics.image_metrics import class_f1, f1_max, image_ap, image_auroc
 from anomalyvfm.metrics.lighting import SAME_SCENES, by_lighting
 from anomalyvfm.metrics.seg_f1 import seg_f1
-from anomalyvfm.metrics.thresholds import f1_optimal_threshold, mean_plus_k_std
+from anomalyvfm.metrics.thresholds import f1_optimal_threshold, mean_plus_k_std, quantile_threshold
 from anomalyvfm.metrics.undefined import UndefinedMetricWarning
 
 __all__ = ["DEFAULT_NUM_BINS", "SAME_SCENES", "UndefinedMetricWarning", "au_pro", "au_pro_multi",
            "auroc_difference_interval", "by_lighting", "class_f1", "f1_max", "f1_optimal_threshold", "image_ap",
            "image_auroc", "mean_plus_k_std", "normalised_pro_area", "paired_au_pro_interval", "paired_auroc_interval",
-           "pro_curve", "seg_f1"]
+           "pro_curve", "quantile_threshold", "seg_f1"]

@@ -1,6 +1,8 @@
 """Pixel and image thresholds.
 
 - ``mean_plus_k_std``: from defect-free data (the official SegF1 rule uses k = 3 on validation maps).
+- ``quantile_threshold``: from defect-free data, at a chosen pixel false-positive rate (``q = 0.999``: one
+  normal pixel in a thousand reaches it).
 - ``f1_optimal_threshold``: from data with defects (e.g. validation images with synthetic defects):
   the pixel threshold that maximises the pooled pixel F1 of ``seg_f1``.
 """
@@ -53,6 +55,28 @@ def mean_plus_k_std(values_or_maps: ArrayLike | Sequence[MapSource], k: float = 
         squares += float(centred @ centred)
     mean = total / count
     return shift + mean + k * math.sqrt(max(squares / count - mean * mean, 0.0))
+
+
+def quantile_threshold(values_or_maps: ArrayLike | Sequence[MapSource], q: float = 0.999) -> float:
+    """The ``q``-quantile of ALL values (numpy's default, linear between order statistics): on defect-free maps
+    the level that a share of about ``1 - q`` of the normal pixels reaches, i.e. a threshold with that pixel
+    false-positive rate on them. Unlike ``mean_plus_k_std`` it does not assume a shape for the upper tail.
+
+    ``values_or_maps`` as in ``mean_plus_k_std``; maps are loaded one at a time and their values kept (4 bytes a
+    pixel for float32 maps). ``q`` in [0, 1]; empty input gives NaN with a warning; NaN/inf raise ValueError.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    if _is_map_sequence(values_or_maps):
+        values = np.concatenate([m.ravel() for _, m in iter_maps(values_or_maps)])
+    else:
+        values = np.asarray(values_or_maps, dtype=np.float64).ravel()
+        broken = np.flatnonzero(~np.isfinite(values))
+        if broken.size:
+            raise ValueError(f"value {broken[0]} is {values[broken[0]]}")
+    if not values.size:
+        return undefined("quantile threshold", "no values")
+    return float(np.quantile(values, q))
 
 
 def _best_level(levels: np.ndarray, totals: np.ndarray, defects: np.ndarray) -> tuple[float, float]:
