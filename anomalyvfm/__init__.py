@@ -24,4 +24,4 @@ Each concern lives in one module, and data flows through them once:
 - ``anomalyvfm.pipeline``: the run loop (``run``).
 """
 
-__version__ = "1.7.0"
+__version__ = "1.8.0"

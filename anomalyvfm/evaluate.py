@@ -24,7 +24,7 @@ import numpy as np
 import dataset_ad2
 from anomalyvfm import metrics, model_io
 from anomalyvfm.errors import PipelineError
-from anomalyvfm.model import read_model_meta
+from anomalyvfm.model import mask_threshold, read_model_meta
 
 FPR_LIMITS = (0.05, 0.3)
 PRO_BINS = 20_000  # streaming AU-PRO; agrees with the exact computation within 1e-3 (tests)
@@ -186,6 +186,9 @@ def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> Cat
     image_threshold, pixel_threshold = float(model["image_threshold"]), float(model["pixel_threshold"])
     baseline_image = metrics.mean_plus_k_std(val_scores) if len(val_scores) else float("nan")
     baseline_pixel = metrics.mean_plus_k_std(val_maps) if val_maps else float("nan")
+    # Each map is cut at its own value (``model.mask_threshold``), as --PREDICT and the export cut it.
+    mask_thresholds = [mask_threshold(m.astype(np.float32) if isinstance(m, np.ndarray) else model_io.read_map(m),
+                                      pixel_threshold) for m in maps]
     pro = metrics.au_pro_multi(maps, masks, FPR_LIMITS, num_bins=PRO_BINS)
     fit_record = model_io.read_json(category_dir / "fit.json") if (category_dir / "fit.json").is_file() else {}
     result = {
@@ -194,13 +197,13 @@ def evaluate_category(data: dataset_ad2.CategoryData, category_dir: Path) -> Cat
         "class_f1": metrics.class_f1(scores, labels, image_threshold),
         "au_pro_0.05": pro[0.05],
         "au_pro_0.30": pro[0.3],
-        "seg_f1": metrics.seg_f1(maps, masks, pixel_threshold),
+        "seg_f1": metrics.seg_f1(maps, masks, mask_thresholds),
         "seg_f1_baseline_rule": metrics.seg_f1(maps, masks, baseline_pixel),
         "class_f1_baseline_rule": metrics.class_f1(scores, labels, baseline_image),
         "thresholds": {"pixel": pixel_threshold, "image": image_threshold,
                        "pixel_baseline_rule": baseline_pixel, "image_baseline_rule": baseline_image},
         "by_lighting": metrics.by_lighting([s.lighting for s in samples], labels, scores, maps, masks,
-                                           fpr_limit=0.05, num_bins=PRO_BINS, threshold=pixel_threshold,
+                                           fpr_limit=0.05, num_bins=PRO_BINS, threshold=mask_thresholds,
                                            scenes=[dataset_ad2.scene_of(s.relative_path) for s in samples]),
         "n_train": len(data.train),
         "n_test_good": int((labels == 0).sum()),

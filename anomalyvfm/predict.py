@@ -19,7 +19,7 @@ from anomalyvfm.errors import PipelineError
 from anomalyvfm.fit import Runner, raw_scores
 from anomalyvfm.method import Method
 from anomalyvfm.model import (MODEL_SETTINGS, CategoryModel, anomalous_pixels, full_size_map, fused_scores,
-                              is_anomalous)
+                              is_anomalous, mask_threshold)
 from anomalyvfm.results import ResultsFolder
 
 log = logging.getLogger("anomalyvfm")
@@ -73,7 +73,7 @@ def predict(config: Config, method: Method, *, backbone: torch.nn.Module | None 
         anomalous = anomalous_pixels(full, model.pixel_threshold)
         model_io.write_map_tiff(out / "maps" / f"{name}.tiff", full)
         model_io.write_mask_png(out / "masks" / f"{name}.png", anomalous)
-        plots.save_overlay(out / "overlays" / f"{name}.png", image, full, model.pixel_threshold)
+        plots.save_overlay(out / "overlays" / f"{name}.png", image, full, mask_threshold(full, model.pixel_threshold))
         rows.append({"file": str(path), "output_name": name, "image_score": f"{scores[index]:.6f}",
                      "image_threshold": f"{model.image_threshold:.6f}",
                      "anomalous": str(is_anomalous(scores[index], model.image_threshold)).lower(),

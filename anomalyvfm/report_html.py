@@ -23,6 +23,7 @@ from scipy import ndimage
 
 import dataset_ad2
 from anomalyvfm import model_io
+from anomalyvfm.model import mask_threshold
 
 THUMBNAIL_SIDE = 200  # long side of each of the three panels, in pixels
 MAP_SCALE = (0.5, 1.5)  # colours span 0.5 to 1.5 x the pixel threshold in every thumbnail
@@ -163,8 +164,10 @@ def _category_section(results_dir: Path, category: str, data_root: Path, per_kin
                 picture = '<span class="note">image or map missing</span>'
             else:
                 mask = dataset_ad2.load_mask(sample) if sample.mask_path else None
-                sheet = example_panels(dataset_ad2.load_image(sample.path), model_io.read_map(map_file), mask,
-                                       threshold)
+                anomaly_map = model_io.read_map(map_file)
+                # The map's own cut (model.mask_threshold), where its exported mask is cut
+                cut = mask_threshold(anomaly_map, threshold) if np.isfinite(threshold) else threshold
+                sheet = example_panels(dataset_ad2.load_image(sample.path), anomaly_map, mask, cut)
                 picture = f'<img alt="{html.escape(row["relative_path"])}" src="{_png_data_uri(sheet)}">'
             score = float(row["image_score"])
             table_rows.append(f'<tr><td class="kind">{kind}</td><td>{html.escape(row["relative_path"])}</td>'

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import dataset_ad2
 from anomalyvfm import model_io
+from anomalyvfm.calibration import PIXEL_RULE
 from anomalyvfm.config import Config
 from anomalyvfm.errors import PipelineError, ResultsBusyError
 from anomalyvfm.evaluate import missing_maps, read_scores_csv, recorded_skips
@@ -200,6 +201,10 @@ def reuse_problem(category_dir: Path, config: Config, method: Method, fingerprin
         return f"settings changed: {', '.join(changed)}"
     if not isinstance(fit_record, dict) or fit_record.get("dataset") != fingerprint:
         return "the dataset's images changed since it was fitted (or the fit predates dataset fingerprints)"
+    thresholds = fit_record.get("thresholds")
+    rule = thresholds.get("pixel_rule") if isinstance(thresholds, dict) else None
+    if rule != PIXEL_RULE:  # the saved pixel threshold is the old rule's: masks would mix two rules
+        return f"its pixel threshold was chosen by another rule ({rule!r}; this version's: {PIXEL_RULE!r})"
     absent = missing_maps(category_dir, rows)
     if absent:
         return f"{absent[0]} is missing"

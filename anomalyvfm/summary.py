@@ -10,6 +10,7 @@ from anomalyvfm import __version__, model_io, plots, reporting
 from anomalyvfm.config import Config
 from anomalyvfm.evaluate import CategoryOutcome, map_path, read_scores_csv
 from anomalyvfm.method import Method
+from anomalyvfm.model import mask_threshold
 from anomalyvfm.preflight import check_device
 
 REPORT_FILES = ("performance_summary.txt", "results.csv", "metrics.json", "config.json", "roc_curves.png",
@@ -58,10 +59,11 @@ def detection_examples(config: Config, category: str, category_dir: Path, pixel_
     for kind, row in picks:
         relative = Path(row["relative_path"])
         mask_file = root / "test_public" / "ground_truth" / "bad" / f"{relative.stem}_mask.png"
+        anomaly_map = model_io.read_map(map_path(category_dir, row["relative_path"]))
         examples.append({
             "title": f"{category} {kind}: {relative.name} (score {row['image_score']:.2f})",
             "image": dataset_ad2.load_image(root / relative),
             "mask": dataset_ad2.load_mask(mask_file) if row["label"] == 1 else None,
-            "anomaly_map": model_io.read_map(map_path(category_dir, row["relative_path"])),
-            "threshold": pixel_threshold})
+            "anomaly_map": anomaly_map,
+            "threshold": mask_threshold(anomaly_map, pixel_threshold)})  # the map's own cut, as its mask
     return examples

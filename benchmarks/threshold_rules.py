@@ -20,6 +20,9 @@ Candidates (pixel and image alike):
 - ``q99.9 regular`` and ``q99.9 with lighting``: the 99.9th percentile of the normal maps' pixels (of the
   normal images' scores), so one normal pixel in a thousand reaches it (``calibration.NORMAL_QUANTILE``).
 
+Every map is cut where the product cuts it: at the rule's threshold raised to the map's own floor
+(``model.mask_threshold``, ``--peak-floor``; ``--peak-floor=0`` compares plain thresholds).
+
 A last row gives the best SegF1 and ClassF1 any threshold reaches on the test data itself
 (pixels: over ``BEST_BINS`` bins): what no rule can exceed, chosen on test, so a reference only.
 """
@@ -43,7 +46,7 @@ from anomalyvfm.calibration import IMAGE_RULE, PIXEL_RULE, calibration_set, cand
 from anomalyvfm.evaluate import map_path, read_scores_csv  # noqa: E402
 from anomalyvfm.fit import Runner  # noqa: E402
 from anomalyvfm.method import Method  # noqa: E402
-from anomalyvfm.model import MODEL_SETTINGS, CategoryModel  # noqa: E402
+from anomalyvfm.model import MODEL_SETTINGS, PEAK_FLOOR, CategoryModel, mask_threshold  # noqa: E402
 
 
 # The test-optimal thresholds, as an upper bound for every rule (chosen ON the test data: a reference, not a rule)
@@ -51,16 +54,17 @@ BEST_ROW = "best possible (test-optimal, reference only)"
 BEST_BINS = 4096  # the pixel optimum over this many equal bins of the map range (exact for image scores)
 
 
-def pooled_f1(map_files: list[Path], masks: list, groups: list[str], thresholds: dict[str, float]
-              ) -> dict[str, dict[str, float]]:
-    """Pooled pixel F1 (as ``metrics.seg_f1``) of the saved maps at every threshold, overall and per lighting
+def pooled_f1(map_files: list[Path], masks: list, groups: list[str], thresholds: dict[str, float],
+              peak_floor: float = PEAK_FLOOR) -> dict[str, dict[str, float]]:
+    """Pooled pixel F1 (as ``metrics.seg_f1``) of the saved maps at every threshold, each map cut where the product
+    cuts it (``model.mask_threshold`` with ``peak_floor``; 0: at the threshold alone), overall and per lighting
     group, in one pass over the maps: ``{rule: {"overall": f1, group: f1, ...}}``."""
     counts: dict[tuple[str, str], list[int]] = {}  # (rule, group) -> [tp, predicted, defect]
     for path, mask_source, group in zip(map_files, masks, groups):
         values = model_io.read_map(path)
         mask = np.zeros(values.shape, bool) if mask_source is None else dataset_ad2.read_mask(mask_source) > 0
         for name, threshold in thresholds.items():
-            hit = values >= np.float64(threshold)
+            hit = values >= np.float64(mask_threshold(values, threshold, peak_floor))
             for key in ((name, "overall"), (name, group)):
                 tally = counts.setdefault(key, [0, 0, 0])
                 tally[0] += int(np.count_nonzero(hit & mask))
@@ -71,7 +75,8 @@ def pooled_f1(map_files: list[Path], masks: list, groups: list[str], thresholds:
             for name in thresholds}
 
 
-def evaluate(results_dir: Path, data_root: Path, category: str, backbone: str) -> dict:
+def evaluate(results_dir: Path, data_root: Path, category: str, backbone: str, peak_floor: float = PEAK_FLOOR
+             ) -> dict:
     model = CategoryModel.load(results_dir / category / "model")
     settings = {k: v for k, v in model.settings.items() if k in MODEL_SETTINGS}
     config = v11.default_config().replace(**settings | {"DATA_ROOT": str(data_root), "CATEGORIES": [category],
@@ -93,7 +98,7 @@ def evaluate(results_dir: Path, data_root: Path, category: str, backbone: str) -
     groups = [dataset_ad2.lighting_group(by_path[r["relative_path"]].lighting) for r in rows]
     best_seg_f1, best_pixel = metrics.f1_optimal_threshold(map_files, masks, num_bins=BEST_BINS)
     best_class_f1, best_image = metrics.f1_max(scores, labels)
-    return {"seg_f1": pooled_f1(map_files, masks, groups, pixel),
+    return {"seg_f1": pooled_f1(map_files, masks, groups, pixel, peak_floor),
             "class_f1": {name: metrics.class_f1(scores, labels, t) for name, t in image.items()},
             "pixel": pixel, "image": image,
             "best": {"seg_f1": best_seg_f1, "class_f1": best_class_f1, "pixel": best_pixel, "image": best_image}}
@@ -103,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="RESULTS_DIR:DATA_ROOT:CATEGORY")
     parser.add_argument("--backbone", required=True)
+    parser.add_argument("--peak-floor", type=float, default=PEAK_FLOOR,
+                        help=f"each map cut at no less than median + this share of (peak - median), as the product "
+                             f"(model.PEAK_FLOOR, {PEAK_FLOOR:g}); 0: every rule a plain threshold")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.peak_floor < 1.0:
+        parser.error(f"--peak-floor must lie in [0, 1), got {args.peak_floor}")
     table = {}
     for run in args.runs:
         results_dir, data_root, category = run.split(":")
         table[f"{Path(data_root).name}/{category}"] = evaluate(Path(results_dir), Path(data_root), category,
-                                                               args.backbone)
+                                                               args.backbone, args.peak_floor)
     names = list(next(iter(table.values()))["seg_f1"])
     print("| rule | " + " | ".join(f"{run} SegF1 | {run} ClassF1" for run in table) + " | mean SegF1 | mean ClassF1 |")
     print("|---|" + "---:|---:|" * len(table) + "---:|---:|")

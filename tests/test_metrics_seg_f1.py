@@ -42,3 +42,12 @@ def test_random_maps_and_paths_match_the_reference(tmp_path):
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{index}.png")
     paths = [tmp_path / f"{i}.npy" for i in range(3)], [tmp_path / f"{i}.png" for i in range(3)]
     assert seg_f1(*paths, 0.7) == pytest.approx(expected, abs=1e-12)
+
+
+def test_one_threshold_per_map():
+    # A cut at .8 (.9 only: TP 1) and B at .15 (all four: TP 1, FP 3): TP 2, predicted 5, defect 3 -> 4 / 8.
+    assert seg_f1(MAPS, MASKS, [0.8, 0.15]) == pytest.approx(0.5)
+    # The same value for every map is the single threshold.
+    assert seg_f1(MAPS, MASKS, [0.45, 0.45]) == seg_f1(MAPS, MASKS, 0.45)
+    with pytest.raises(ValueError, match=r"one value or one per map \(2\), got shape \(3,\)"):
+        seg_f1(MAPS, MASKS, [0.1, 0.2, 0.3])

@@ -19,6 +19,7 @@ import anomaly_vfm_v11_lora as script
 import dataset_ad2
 from anomalyvfm import metrics, model_io
 from anomalyvfm.method import Method
+from anomalyvfm.calibration import PIXEL_RULE
 from anomalyvfm.model import SCORING_VERSION, SETTINGS_ADDED, anomalous_pixels
 from anomalyvfm.pipeline import PipelineError, run
 from anomalyvfm.results import ResultsFolder
@@ -351,6 +352,17 @@ def test_a_result_of_an_older_scoring_version_is_refitted_not_reused(finished, t
     assert "widget: refitting, because" in caplog.text and "scores images differently" in caplog.text
     model_file = Path(finished.RESULTS_DIR) / "widget" / "model" / "model.json"
     assert json.loads(model_file.read_text())["scoring_version"] == SCORING_VERSION
+
+
+def test_a_result_whose_pixel_threshold_came_from_another_rule_is_refitted(finished, tiny_backbone, caplog):
+    fit_file = Path(finished.RESULTS_DIR) / "widget" / "fit.json"
+    record = json.loads(fit_file.read_text())
+    record["thresholds"]["pixel_rule"] = "midpoint(F1 synthetic, mean+3σ with lighting)"  # the rule until 1.8.0
+    fit_file.write_text(json.dumps(record))
+    with caplog.at_level("INFO", logger="anomalyvfm"):
+        run(finished, backbone=tiny_backbone, progress=False)
+    assert "widget: refitting, because its pixel threshold was chosen by another rule" in caplog.text
+    assert json.loads(fit_file.read_text())["thresholds"]["pixel_rule"] == PIXEL_RULE
 
 
 def test_a_model_saved_before_a_setting_was_added_is_read_with_the_value_it_was_fitted_with(finished, tiny_backbone,

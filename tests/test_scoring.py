@@ -343,3 +343,16 @@ def test_anomaly_map_moves_each_phase_back_onto_the_image_before_averaging():
     assert np.abs(diagonal_only[inner, inner] - expected[inner, inner] - 21).max() < 1e-3
     np.testing.assert_array_equal(anomaly_map(ramp(7)[None], (size, size), (60, 50)),
                                   anomaly_map(ramp(7), (size, size), (60, 50)))  # [1, gh, gw] is [gh, gw]
+
+
+def test_mask_threshold_raises_the_pixel_threshold_to_the_maps_own_floor():
+    from anomalyvfm.model import anomalous_pixels, mask_threshold
+
+    # Median 1, peak 11: floor 1 + 0.2 * 10 = 3 with floor 0.2.
+    strong = np.array([[1.0, 1.0, 1.0], [1.0, 2.5, 11.0]], np.float32)
+    assert mask_threshold(strong, 2.0, floor=0.2) == pytest.approx(3.0)
+    # The product's masks cut each map there (model.PEAK_FLOOR, 0.2 today).
+    assert np.array_equal(anomalous_pixels(strong, 2.0), strong >= mask_threshold(strong, 2.0))
+    # A faint map's floor stays below the threshold, which then cuts alone; floor 0 is the threshold itself.
+    faint = np.array([[1.0, 1.0, 1.0], [1.0, 2.5, 3.0]], np.float32)
+    assert mask_threshold(faint, 2.0, floor=0.2) == 2.0 and mask_threshold(strong, 2.0, floor=0.0) == 2.0

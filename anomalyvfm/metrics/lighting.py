@@ -29,7 +29,8 @@ SAME_SCENES = "regular_same_scenes_"  # key prefix: a group's metrics on the reg
 
 def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, anomaly_maps: Sequence[MapSource],
                 gt_masks: Sequence[MaskSource], *, fpr_limit: float = 0.05, num_bins: int | None = None,
-                threshold: float | None = None, scenes: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+                threshold: float | Sequence[float] | None = None, scenes: Sequence[str] | None = None
+                ) -> dict[str, dict[str, float]]:
     """Image AUROC and AU-PRO (and SegF1) of each lighting group, computed on that group's test images only.
 
     One entry per test image in every argument (``labels``/``scores`` ``[N]``, maps and masks as in
@@ -37,7 +38,7 @@ def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, 
     (shift_1..shift_4 pooled), then any other name present (e.g. mixed, unknown) as its own group,
     in order of first appearance. Returns ``{group: {"image_auroc", f"au_pro_{fpr_limit:g}",
     "n_good", "n_bad"}}``, plus ``"seg_f1"`` (pixel F1 of the group's maps at ``threshold``, see
-    ``seg_f1``) when ``threshold`` is given. A metric a group cannot define is NaN, and its
+    ``seg_f1``; one value, or one per image) when ``threshold`` is given. A metric a group cannot define is NaN, and its
     UndefinedMetricWarning names the group.
 
     ``scenes`` (``dataset_ad2.scene_of`` of each image) pairs a group with regular light: every
@@ -67,7 +68,8 @@ def by_lighting(lightings: Sequence[str], labels: ArrayLike, scores: ArrayLike, 
                 "n_bad": int(np.sum(labels[chosen] == 1)),
             }
             if threshold is not None:
-                values["seg_f1"] = seg_f1(maps, masks, threshold)
+                values["seg_f1"] = seg_f1(maps, masks, threshold if np.ndim(threshold) == 0 else
+                                          [threshold[i] for i in chosen])
         for warning in caught:  # re-emit, naming the group
             warnings.warn(f"lighting group {name}: {warning.message}", warning.category, stacklevel=3)
         return values
