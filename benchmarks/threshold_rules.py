@@ -63,8 +63,9 @@ def pooled_f1(map_files: list[Path], masks: list, groups: list[str], thresholds:
     for path, mask_source, group in zip(map_files, masks, groups):
         values = model_io.read_map(path)
         mask = np.zeros(values.shape, bool) if mask_source is None else dataset_ad2.read_mask(mask_source) > 0
+        floor = mask_threshold(values, -np.inf, peak_floor)  # the map's own floor, the same for every rule
         for name, threshold in thresholds.items():
-            hit = values >= np.float64(mask_threshold(values, threshold, peak_floor))
+            hit = values >= np.float64(max(threshold, floor))  # = mask_threshold(values, threshold, peak_floor)
             for key in ((name, "overall"), (name, group)):
                 tally = counts.setdefault(key, [0, 0, 0])
                 tally[0] += int(np.count_nonzero(hit & mask))

@@ -28,6 +28,15 @@ def _is_map_sequence(values_or_maps: ArrayLike | Sequence[MapSource]) -> bool:
     return isinstance(first, (str, os.PathLike)) or np.ndim(first) >= 1
 
 
+def _finite_values(values: ArrayLike) -> np.ndarray:
+    """An array of any shape as float64 ``[N]``; ValueError naming the first NaN/inf value."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    broken = np.flatnonzero(~np.isfinite(flat))
+    if broken.size:
+        raise ValueError(f"value {broken[0]} is {flat[broken[0]]}")
+    return flat
+
+
 def mean_plus_k_std(values_or_maps: ArrayLike | Sequence[MapSource], k: float = 3.0) -> float:
     """``mean + k * std`` over ALL values, std the population one (ddof=0).
 
@@ -37,10 +46,7 @@ def mean_plus_k_std(values_or_maps: ArrayLike | Sequence[MapSource], k: float = 
     not cancel the variance away. Empty input gives NaN with a warning; NaN/inf raise ValueError.
     """
     if not _is_map_sequence(values_or_maps):
-        values = np.asarray(values_or_maps, dtype=np.float64).ravel()
-        broken = np.flatnonzero(~np.isfinite(values))
-        if broken.size:
-            raise ValueError(f"value {broken[0]} is {values[broken[0]]}")
+        values = _finite_values(values_or_maps)
         if not values.size:
             return undefined("mean + k std", "no values")
         return float(values.mean() + k * values.std())
@@ -70,10 +76,7 @@ def quantile_threshold(values_or_maps: ArrayLike | Sequence[MapSource], q: float
     if _is_map_sequence(values_or_maps):
         values = np.concatenate([m.ravel() for _, m in iter_maps(values_or_maps)])
     else:
-        values = np.asarray(values_or_maps, dtype=np.float64).ravel()
-        broken = np.flatnonzero(~np.isfinite(values))
-        if broken.size:
-            raise ValueError(f"value {broken[0]} is {values[broken[0]]}")
+        values = _finite_values(values_or_maps)
     if not values.size:
         return undefined("quantile threshold", "no values")
     return float(np.quantile(values, q))
