@@ -273,12 +273,13 @@ def synthetic_tokens(extractor: FeatureExtractor, train: token_cache.SplitTokens
 @dataclass
 class RowOutputs:
     """What a row gives on cached tokens, as a run would write it: the validation and test images' anomaly
-    maps ``[H, W]`` at their original sizes (centred as the product's when ``CENTRE_MAPS``), the test images'
-    scores ``[N]``, the loss per epoch, and the seconds spent on patch distances and on maps."""
+    maps ``[H, W]`` at their original sizes (centred as the product's when ``CENTRE_MAPS``), the test and validation
+    images' scores ``[N]`` and ``[N_val]``, the loss per epoch, and the seconds spent on patch distances and on maps."""
 
     val_maps: list[np.ndarray]
     test_maps: list[np.ndarray]
     scores: np.ndarray
+    val_scores: np.ndarray
     losses: list[float]
     score_seconds: float
     map_seconds: float
@@ -311,10 +312,12 @@ def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingT
     start = time.perf_counter()
     discount = discounts_saturated(train, settings)
     # Both splits get the image score's search too, as in a run (validation peaks feed the score fusion).
-    val_grids = stacked_maps(phase_grids(heads, scorer, validation, discount, settings.SCORING_PHASES))
+    val_phases = phase_grids(heads, scorer, validation, discount, settings.SCORING_PHASES)
+    val_grids = stacked_maps(val_phases)
     test_phases = phase_grids(heads, scorer, test, discount, settings.SCORING_PHASES)
     score_seconds = time.perf_counter() - start
     scores = np.mean([grids.peaks() for grids in test_phases], axis=0)  # as fit.Runner: the phases' mean peak
+    val_scores = np.mean([grids.peaks() for grids in val_phases], axis=0)
     test_grids = stacked_maps(test_phases)
     start = time.perf_counter()
     # As fit.fit_category: maps centred on the validation images' median; image scores from the raw grids.
@@ -323,7 +326,7 @@ def row_outputs(tokens: dict[str, token_cache.SplitTokens], synthetic: TrainingT
     val_maps = [anomaly_map(centre(g), s, o)
                 for g, s, o in zip(val_grids, validation.input_sizes, validation.original_sizes)]
     test_maps = [anomaly_map(centre(g), s, o) for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
-    return RowOutputs(val_maps, test_maps, scores, losses, score_seconds, time.perf_counter() - start)
+    return RowOutputs(val_maps, test_maps, scores, val_scores, losses, score_seconds, time.perf_counter() - start)
 
 
 def evaluate_row(tokens: dict[str, token_cache.SplitTokens], masks: list[np.ndarray | None],
@@ -378,12 +381,15 @@ def stressed_copy(dataset: str, category: str, data_root: Path) -> Path:
 
 def parse_case(case: str, root: Path = SHARED / "datasets") -> tuple[str, int]:
     """``(dataset, size)`` of a probe's ``DATASET@SIZE`` argument: a folder under ``root``,
-    ``+lighting`` for its stressed copy. Raises ``ValueError`` naming the valid datasets otherwise."""
+    ``+lighting`` for its stressed copy, SIZE a positive multiple of 14. Raises ``ValueError`` naming the valid
+    datasets, or the size's rule, otherwise."""
     names = {name for name, _, _ in datasets_under(root)} if root.is_dir() else set()
     name, _, size = case.partition("@")
     if name.removesuffix(STRESS_SUFFIX) not in names or not size.isdigit():
         raise ValueError(f"{case!r} is not DATASET@SIZE with DATASET one of {sorted(names)} "
                          f"({STRESS_SUFFIX} for its lighting-stressed copy)")
+    if int(size) == 0 or int(size) % 14:
+        raise ValueError(f"{case!r}: the size {size} is not a positive multiple of 14 (e.g. {name}@448)")
     return name, int(size)
 
 

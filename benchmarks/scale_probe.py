@@ -7,10 +7,12 @@
     python benchmarks/scale_probe.py position tire_ad2@448 magtile_ad2@448 tire_ad2+lighting@448
     python benchmarks/scale_probe.py shift tire_ad2@448 magtile_ad2@448
 
-``sizes`` (multi-resolution fusion, as MuRF): the default row (trained heads, coreset kNN, centred maps)
-at the case's size and at ``SECOND_SIZE``, each fitted on its own tokens; each size's centred maps at
-the original image size and its image scores (``peak_score``) are z-scored on that size's validation images,
-then mixed as ``w * first + (1 - w) * second`` for ``w`` in ``SIZE_WEIGHTS``.
+``sizes`` (multi-resolution fusion, as MuRF): the default row as a run scores it (trained heads, coreset kNN,
+``SCORING_PHASES`` phases, centred maps; ``run_quality.row_outputs``) at the case's size and at ``SECOND_SIZE``, each
+fitted on its own tokens; each size's maps at the original image size and its image scores are z-scored on that
+size's validation images, then mixed as ``w * first + (1 - w) * second`` for ``w`` in ``SIZE_WEIGHTS``. Also printed:
+SegF1 with the product's cut (the 99.9th percentile of the mixed validation maps, each test map raised to its own
+floor, ``model.mask_threshold``) and at the best single threshold (``defect_class_probe.optimal_seg_f1``).
 
 ``pooling`` (PatchCore's locally aware patch features): every token grid (train, validation, test) is
 replaced by ``m * mean3x3 + (1 - m) * token`` (edges replicated) before the heads, the bank and the
@@ -76,10 +78,13 @@ from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
 from anomalyvfm.scoring import (PHASE_SHIFTS, anomaly_map, centred_grid, map_median_of, phase_shifts,  # noqa: E402
                                 stacked_phases)
 from anomalyvfm.synthetic import DEFECT_TOKEN_FRACTION  # noqa: E402
+from anomalyvfm.calibration import NORMAL_QUANTILE  # noqa: E402
+from anomalyvfm.model import mask_threshold  # noqa: E402
+from defect_class_probe import optimal_seg_f1  # noqa: E402
 from PIL import Image  # noqa: E402
 
 SECOND_SIZE = 224
-SIZE_WEIGHTS = (1.0, 0.75, 0.5, 0.0)  # weight of the case's own size
+SIZE_WEIGHTS = (1.0, 0.85, 0.7, 0.5, 0.0)  # weight of the case's own size
 POOL_MIXES = (0.0, 0.5, 1.0)
 MAP_SIGMAS = (0.0, 4.0, 8.0, 16.0)
 PROBES = ("sizes", "pooling", "blur", "flip", "position", "shift")
@@ -97,21 +102,18 @@ def pooled_grid(grid: torch.Tensor, mix: float) -> torch.Tensor:
 
 
 def standardised_size(tokens: dict[str, token_cache.SplitTokens], extractor: FeatureExtractor, size: int
-                      ) -> tuple[list[np.ndarray], np.ndarray]:
-    """The default row at ``size``: test maps ``[H, W]`` (centred, original size) and image scores ``[N]``,
-    each z-scored with its validation images' map values and image scores."""
-    validation, test = tokens["validation"], tokens["test_public"]
-    val_scored, test_scored = run_quality.fitted_grids(extractor, tokens, v11.default_config().replace(IMAGE_SIZE=size))
-    val_grids, test_grids = val_scored.maps, test_scored.maps
-    reference = map_median_of(val_grids)
-    val_values = np.concatenate([anomaly_map(centred_grid(g, reference), s, o).ravel()
-                                 for g, s, o in zip(val_grids, validation.input_sizes, validation.original_sizes)])
+                      ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The default row at ``size`` as a run scores it: validation and test maps ``[H, W]`` (centred, original size)
+    and test image scores ``[N]``, each z-scored with the validation images' map values and image scores."""
+    settings = v11.default_config().replace(IMAGE_SIZE=size)
+    with torch.inference_mode():
+        synthetic = run_quality.synthetic_tokens(extractor, tokens["train"], size, settings.SYNTHETIC_SAMPLES,
+                                                 settings.SEED)
+    out = run_quality.row_outputs(tokens, synthetic, settings)
+    val_values = np.concatenate([m.ravel() for m in out.val_maps])
     mean, std = float(val_values.mean()), float(val_values.std())
-    maps = [(anomaly_map(centred_grid(g, reference), s, o) - mean) / std
-            for g, s, o in zip(test_grids, test.input_sizes, test.original_sizes)]
-    val_scores = val_scored.peaks()
-    scores = (test_scored.peaks() - val_scores.mean()) / val_scores.std()
-    return maps, scores
+    return ([(m - mean) / std for m in out.val_maps], [(m - mean) / std for m in out.test_maps],
+            (out.scores - out.val_scores.mean()) / out.val_scores.std())
 
 
 def print_row(case: str, label: str, image_auroc: float, au_pro_005: float, au_pro_030: float, extra: str = "") -> None:
@@ -321,21 +323,26 @@ def main(argv: list[str]) -> int:
     defaults = v11.default_config()
     for name, size in cases:
         case = f"{name}@{size}"
-        phases = len(PHASE_SHIFTS) if probe == "shift" else 1
+        phases = {"shift": len(PHASE_SHIFTS), "sizes": defaults.SCORING_PHASES}.get(probe, 1)
         tokens = run_quality.case_tokens(extractor, backbone, name, size, phases=phases)
         masks = run_quality.ground_truth_masks(tokens["test_public"])
         if probe == "sizes":
             first = standardised_size(tokens, extractor, size)
-            second = standardised_size(run_quality.case_tokens(extractor, backbone, name, SECOND_SIZE), extractor,
-                                       SECOND_SIZE)
+            second = standardised_size(run_quality.case_tokens(extractor, backbone, name, SECOND_SIZE, phases=phases),
+                                       extractor, SECOND_SIZE)
             labels = np.array([s.label for s in tokens["test_public"].samples])
             for weight in SIZE_WEIGHTS:
-                maps = [weight * a + (1 - weight) * b for a, b in zip(first[0], second[0])]
+                mixed = [[weight * a + (1 - weight) * b for a, b in zip(one, two)] for one, two in zip(first, second)]
+                validation_maps, maps = mixed[0], mixed[1]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
                     pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
-                auroc = metrics.image_auroc(weight * first[1] + (1 - weight) * second[1], labels)
-                print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3])
+                    threshold = metrics.quantile_threshold(validation_maps, NORMAL_QUANTILE)
+                    segf1 = metrics.seg_f1(maps, masks, [mask_threshold(m, threshold) for m in maps])
+                best = optimal_seg_f1(maps, masks, [mask_threshold(m, -np.inf) for m in maps])
+                auroc = metrics.image_auroc(weight * first[2] + (1 - weight) * second[2], labels)
+                print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3],
+                          f" SegF1 {segf1:.4f} (test-optimal {best:.4f})")
             continue
         if probe == "flip":
             category, root = run_quality.case_root(name)

@@ -126,7 +126,8 @@ def _fake_case(monkeypatch, synthetic_seeds: list):
         rng = np.random.default_rng(1000 * settings.SEED + settings.EPOCHS)
         maps = [rng.random((8, 8)) + (2 * m if m is not None else 0) * rng.random() for m in masks]
         return compare_rows.run_quality.RowOutputs(val_maps=[], test_maps=maps, scores=rng.random(4),
-                                                   losses=[], score_seconds=0.0, map_seconds=0.0)
+                                                   val_scores=rng.random(2), losses=[], score_seconds=0.0,
+                                                   map_seconds=0.0)
 
     monkeypatch.setattr(compare_rows.run_quality, "row_outputs", outputs)
     return masks, outputs

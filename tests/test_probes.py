@@ -34,6 +34,8 @@ def test_parse_case_reads_dataset_and_size_and_names_the_valid_datasets(make_ad2
     for bad in ("tyre@448", "data", "data@big"):
         with pytest.raises(ValueError, match=r"DATASET@SIZE with DATASET one of \['data'\]"):
             parse_case(bad, root)
+    with pytest.raises(ValueError, match="not a positive multiple of 14"):
+        parse_case("data@500", root)
 
 
 def test_pooled_grid_is_the_three_by_three_mean_with_replicated_edges():
