@@ -48,7 +48,8 @@ OPTIMAL_STEPS = 400  # thresholds tried for the test-optimal SegF1, evenly space
 
 
 def scene_of(path: str | Path) -> str:
-    """The scene an AD 2 test file shows: its number, shared by every lighting of it (``012_overexposed.png`` -> ``012``)."""
+    """The scene an AD 2 test file shows: its number, shared by every lighting of it
+    (``012_overexposed.png`` -> ``012``)."""
     return Path(path).name.split("_")[0]
 
 
@@ -134,9 +135,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for name, size in cases:
-        category, root = run_quality.case_root(name)
-        manifest = Path(run_quality.SHARED / "datasets" / name.removesuffix(run_quality.STRESS_SUFFIX)
-                        / f"{category}.manifest.csv")
+        category, _ = run_quality.case_root(name)
+        dataset = name.removesuffix(run_quality.STRESS_SUFFIX)
+        manifest = run_quality.SHARED / "datasets" / dataset / f"{category}.manifest.csv"
         if not manifest.is_file():
             print(f"error: {name} has no manifest with defect classes ({manifest})", file=sys.stderr)
             return 2
