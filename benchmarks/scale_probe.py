@@ -332,14 +332,15 @@ def main(argv: list[str]) -> int:
                                        extractor, SECOND_SIZE)
             labels = np.array([s.label for s in tokens["test_public"].samples])
             for weight in SIZE_WEIGHTS:
-                mixed = [[weight * a + (1 - weight) * b for a, b in zip(one, two)] for one, two in zip(first, second)]
-                validation_maps, maps = mixed[0], mixed[1]
+                validation_maps, maps = ([weight * a + (1 - weight) * b for a, b in zip(one, two)]
+                                         for one, two in zip(first[:2], second[:2]))
+                floors = [mask_threshold(m, -np.inf) for m in maps]  # each map's own floor, computed once
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
                     pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
                     threshold = metrics.quantile_threshold(validation_maps, NORMAL_QUANTILE)
-                    segf1 = metrics.seg_f1(maps, masks, [mask_threshold(m, threshold) for m in maps])
-                best = optimal_seg_f1(maps, masks, [mask_threshold(m, -np.inf) for m in maps])
+                    segf1 = metrics.seg_f1(maps, masks, [max(threshold, floor) for floor in floors])
+                best = optimal_seg_f1(maps, masks, floors)
                 auroc = metrics.image_auroc(weight * first[2] + (1 - weight) * second[2], labels)
                 print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3],
                           f" SegF1 {segf1:.4f} (test-optimal {best:.4f})")
