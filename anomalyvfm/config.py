@@ -25,6 +25,12 @@ SCORERS = ("mahalanobis", "knn")
 BANK_SAMPLINGS = ("coreset", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCORING_PHASE_COUNTS = (1, 2, 4)
+PATCH_SIZE = 14  # DINOv2's: every input size is a whole number of patches
+
+
+def is_image_size(size: object) -> bool:
+    """Whether ``size`` can be an input size: an int (not a bool) that is a positive multiple of ``PATCH_SIZE``."""
+    return isinstance(size, int) and not isinstance(size, bool) and size > 0 and size % PATCH_SIZE == 0
 
 
 class ConfigError(ValueError):
@@ -67,8 +73,9 @@ class Config:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.IMAGE_SIZE <= 0 or self.IMAGE_SIZE % 14:
-            problems.append(f"IMAGE_SIZE must be a positive multiple of 14 (DINOv2's patch size), got {self.IMAGE_SIZE}")
+        if not is_image_size(self.IMAGE_SIZE):
+            problems.append(f"IMAGE_SIZE must be a positive multiple of {PATCH_SIZE} (DINOv2's patch size), "
+                            f"got {self.IMAGE_SIZE}")
         if not self.FEATURE_LAYERS or min(self.FEATURE_LAYERS) < 1:
             problems.append(f"FEATURE_LAYERS must list transformer blocks counted from 1, got {self.FEATURE_LAYERS}")
         if self.SCORER not in SCORERS:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from anomalyvfm import __version__, model_io
-from anomalyvfm.config import SCORERS, Config
+from anomalyvfm.config import PATCH_SIZE, SCORERS, Config, is_image_size
 from anomalyvfm.errors import PipelineError
 from anomalyvfm.heads import StackedLoRAHeads
 from anomalyvfm.illumination import IlluminationRange
@@ -37,7 +37,6 @@ MODEL_SETTINGS = ("DATA_ROOT", "BACKBONE", "FEATURE_LAYERS", "IMAGE_SIZE", "LORA
                   "LEARNING_RATE", "SYNTHETIC_SAMPLES", "BATCH_SIZE", "SEED", "SCORER", "KNN_BANK_SIZE",
                   "KNN_BANK_SAMPLING", "KNN_SHRINKAGE", "KNN_NUISANCE_WEIGHT", "KNN_IMAGE_BANK_SIZE",
                   "CENTRE_MAPS", "DISCOUNT_SATURATED", "SCORING_PHASES")
-PATCH_SIZE = 14  # DINOv2's; saved input sizes must be multiples of it
 # What a saved model's numbers mean; raised whenever the same model would score differently. A model
 # saved under another one is refitted on rerun and refused by --PREDICT, never silently mixed.
 # 2: the image score became the peak patch distance above the image's median (was the top-1 % mean).
@@ -186,7 +185,7 @@ def _meta_problem(meta: Any) -> str | None:
         if not isinstance(entry, dict):
             return "each scale must be an object"
         size = entry.get("image_size")
-        if not _has_type(size, int) or size <= 0 or size % PATCH_SIZE:
+        if not is_image_size(size):
             return f"scales[].image_size must be a positive multiple of {PATCH_SIZE}, got {size!r}"
         if not _has_type(entry.get("rank"), int) or entry["rank"] < 1:
             return f"scales[].rank must be an integer >= 1, got {entry.get('rank')!r}"

@@ -59,6 +59,7 @@ from render_tables import fmt  # noqa: E402
 import token_cache  # noqa: E402
 from provenance import code_commit  # noqa: E402
 from anomalyvfm import metrics, timing  # noqa: E402
+from anomalyvfm.config import PATCH_SIZE, is_image_size  # noqa: E402
 from anomalyvfm.backbone import FeatureExtractor, load_backbone, normalize, to_input  # noqa: E402
 from anomalyvfm.heads import StackedLoRAHeads  # noqa: E402
 from anomalyvfm.patch_model import HeadSettings, fit_heads_and_scorer, needs_synthetic_samples, sample_tokens  # noqa: E402
@@ -381,15 +382,15 @@ def stressed_copy(dataset: str, category: str, data_root: Path) -> Path:
 
 def parse_case(case: str, root: Path = SHARED / "datasets") -> tuple[str, int]:
     """``(dataset, size)`` of a probe's ``DATASET@SIZE`` argument: a folder under ``root``,
-    ``+lighting`` for its stressed copy, SIZE a positive multiple of 14. Raises ``ValueError`` naming the valid
-    datasets, or the size's rule, otherwise."""
+    ``+lighting`` for its stressed copy, SIZE a positive multiple of ``PATCH_SIZE`` (14). Raises ``ValueError``
+    naming the valid datasets, or the size's rule, otherwise."""
     names = {name for name, _, _ in datasets_under(root)} if root.is_dir() else set()
     name, _, size = case.partition("@")
     if name.removesuffix(STRESS_SUFFIX) not in names or not size.isdigit():
         raise ValueError(f"{case!r} is not DATASET@SIZE with DATASET one of {sorted(names)} "
                          f"({STRESS_SUFFIX} for its lighting-stressed copy)")
-    if int(size) == 0 or int(size) % 14:
-        raise ValueError(f"{case!r}: the size {size} is not a positive multiple of 14 (e.g. {name}@448)")
+    if not is_image_size(int(size)):
+        raise ValueError(f"{case!r}: the size {size} is not a positive multiple of {PATCH_SIZE} (e.g. {name}@448)")
     return name, int(size)
 
 
@@ -463,11 +464,12 @@ def mean_rows(results: list[dict]) -> list[dict]:
 
 
 def parse_sizes(text: str) -> list[int]:
-    """``--image-sizes`` ("224,448") as integers, each a positive multiple of the patch size 14."""
+    """``--image-sizes`` ("224,448") as integers, each a positive multiple of ``PATCH_SIZE`` (14)."""
     sizes = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if not part.isdigit() or int(part) == 0 or int(part) % 14:
-            raise ValueError(f"--image-sizes: {part!r} is not a positive multiple of 14 (e.g. --image-sizes=224,448)")
+        if not part.isdigit() or not is_image_size(int(part)):
+            raise ValueError(f"--image-sizes: {part!r} is not a positive multiple of {PATCH_SIZE} "
+                             "(e.g. --image-sizes=224,448)")
         sizes.append(int(part))
     if not sizes:
         raise ValueError("--image-sizes is empty; give one or more sizes, e.g. --image-sizes=448")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import anomaly_vfm_v11_lora as script
-from anomalyvfm.config import Config, ConfigError, apply_overrides, documented_settings, settings_help
+from anomalyvfm.config import Config, ConfigError, apply_overrides, documented_settings, is_image_size, settings_help
 
 
 def test_defaults_come_from_the_script_constants():
@@ -15,6 +15,13 @@ def test_defaults_come_from_the_script_constants():
     assert config.LORA_RANK == 16 and config.LORA_ALPHA == 32.0 and config.EPOCHS == 30
     assert config.SYNTHETIC_SAMPLES == 90 and config.SCORER == "knn" and config.DEVICE == "auto"
     assert config.CATEGORIES == ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"]
+
+
+@pytest.mark.parametrize("size, valid", [(14, True), (448, True), (0, False), (-14, False), (225, False),
+                                         (True, False), (448.0, False), ("448", False)])
+def test_an_image_size_is_a_positive_int_multiple_of_the_patch_size(size, valid):
+    # the one rule behind IMAGE_SIZE, a saved model's scales and the benchmarks' sizes
+    assert is_image_size(size) is valid
 
 
 def test_overrides_parse_types_case_insensitively():
