@@ -105,6 +105,16 @@ def class_rows(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], c
     return rows
 
 
+def product_cuts(val_maps: Sequence[np.ndarray], test_maps: Sequence[np.ndarray]
+                 ) -> tuple[float, list[float], list[float]]:
+    """The product's pixel cut on a case's maps ``[H, W]``: the ``NORMAL_QUANTILE`` of the validation maps' pixels,
+    then per test map its own floor and its cut ``max(threshold, floor)`` (= ``model.mask_threshold(map, threshold)``).
+    Returns ``(threshold, floors, cuts)``; the floors, each computed once, also feed ``optimal_seg_f1``."""
+    threshold = metrics.quantile_threshold(val_maps, NORMAL_QUANTILE)
+    floors = [mask_threshold(m, -np.inf) for m in test_maps]
+    return threshold, floors, [max(threshold, floor) for floor in floors]
+
+
 def optimal_seg_f1(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], floors: Sequence[float]) -> float:
     """The best pooled SegF1 over single thresholds ``T`` when map ``i`` is cut at ``max(T, floors[i])``: a pixel below
     its map's floor is never found. ``T`` runs over ``OPTIMAL_STEPS`` quantiles of the upper half of the kept values."""
@@ -151,9 +161,7 @@ def main(argv: list[str]) -> int:
         masks = run_quality.ground_truth_masks(tokens["test_public"])
         classes = [by_scene.get(scene_of(s.path), "unlisted") if m is not None else "good"
                    for s, m in zip(tokens["test_public"].samples, masks)]
-        threshold = metrics.quantile_threshold(out.val_maps, NORMAL_QUANTILE)
-        floors = [mask_threshold(m, -np.inf) for m in out.test_maps]  # each map's own floor, computed once
-        cuts = [max(threshold, floor) for floor in floors]                # = mask_threshold(m, threshold)
+        threshold, floors, cuts = product_cuts(out.val_maps, out.test_maps)
         case = f"{name}@{size}"
         print(f"{case}: cut at q{NORMAL_QUANTILE * 100:g} of the validation maps = {threshold:.4f}, each map at least "
               f"its own floor")

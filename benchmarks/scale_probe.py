@@ -78,9 +78,7 @@ from anomalyvfm.backbone import FeatureExtractor  # noqa: E402
 from anomalyvfm.scoring import (PHASE_SHIFTS, anomaly_map, centred_grid, map_median_of, phase_shifts,  # noqa: E402
                                 stacked_phases)
 from anomalyvfm.synthetic import DEFECT_TOKEN_FRACTION  # noqa: E402
-from anomalyvfm.calibration import NORMAL_QUANTILE  # noqa: E402
-from anomalyvfm.model import mask_threshold  # noqa: E402
-from defect_class_probe import optimal_seg_f1  # noqa: E402
+from defect_class_probe import optimal_seg_f1, product_cuts  # noqa: E402
 from PIL import Image  # noqa: E402
 
 SECOND_SIZE = 224
@@ -334,16 +332,15 @@ def main(argv: list[str]) -> int:
             for weight in SIZE_WEIGHTS:
                 validation_maps, maps = ([weight * a + (1 - weight) * b for a, b in zip(one, two)]
                                          for one, two in zip(first[:2], second[:2]))
-                floors = [mask_threshold(m, -np.inf) for m in maps]  # each map's own floor, computed once
+                _, floors, cuts = product_cuts(validation_maps, maps)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
                     pro = metrics.au_pro_multi(maps, masks, (0.05, 0.3), num_bins=run_quality.PRO_BINS)
-                    threshold = metrics.quantile_threshold(validation_maps, NORMAL_QUANTILE)
-                    segf1 = metrics.seg_f1(maps, masks, [max(threshold, floor) for floor in floors])
+                    segf1 = metrics.seg_f1(maps, masks, cuts)
                 best = optimal_seg_f1(maps, masks, floors)
                 auroc = metrics.image_auroc(weight * first[2] + (1 - weight) * second[2], labels)
-                print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05], pro[0.3],
-                          f" SegF1 {segf1:.4f} (test-optimal {best:.4f})")
+                print_row(case, f"w({size}) {weight:.2f}, w({SECOND_SIZE}) {1 - weight:.2f}", auroc, pro[0.05],
+                          pro[0.3], f" SegF1 {segf1:.4f} (test-optimal {best:.4f})")
             continue
         if probe == "flip":
             category, root = run_quality.case_root(name)

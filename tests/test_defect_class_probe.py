@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import defect_class_probe  # noqa: E402
-from defect_class_probe import class_rows, defect_classes, optimal_seg_f1, scene_of  # noqa: E402
+from defect_class_probe import class_rows, defect_classes, optimal_seg_f1, product_cuts, scene_of  # noqa: E402
+from anomalyvfm.model import PEAK_FLOOR, mask_threshold  # noqa: E402
 
 
 def test_manifests_of_both_shared_layouts_map_each_defective_scene_to_its_class(tmp_path):
@@ -57,6 +58,19 @@ def test_class_rows_by_hand(monkeypatch):
     assert np.isnan(small.core)
     assert big.ceiling == pytest.approx(2 * 1 / (2 * 1 + 25))     # only the small defect's pixel left to find
     assert small.ceiling == pytest.approx(2 * 25 / (2 * 25 + 1))
+
+
+def test_product_cuts_are_the_validation_quantile_raised_to_each_maps_floor():
+    validation = [np.arange(1000, dtype=float).reshape(10, 100) / 1000]   # pixels 0.000 ... 0.999
+    faint = np.zeros((4, 4))
+    faint[0, 0] = 0.5                                                     # floor PEAK_FLOOR * 0.5 < threshold
+    strong = np.zeros((4, 4))
+    strong[0, 0] = 100.0                                                  # floor PEAK_FLOOR * 100 > threshold
+    threshold, floors, cuts = product_cuts(validation, [faint, strong])
+    assert threshold == pytest.approx(0.999 * 0.999)                     # numpy's linear quantile of 0 ... 0.999
+    assert floors == pytest.approx([PEAK_FLOOR * 0.5, PEAK_FLOOR * 100.0])
+    assert cuts == pytest.approx([threshold, PEAK_FLOOR * 100.0])
+    assert cuts == pytest.approx([mask_threshold(m, threshold) for m in (faint, strong)])  # as the product cuts
 
 
 def _brute_force_f1(maps, masks, floors, thresholds):
